@@ -1,0 +1,293 @@
+//! Plain `#[repr(C)]` types and constants shared by the wgpulse eBPF program and the
+//! userspace agent: map names, map keys and values, and ring-buffer records.
+//!
+//! Every type here has an explicit layout with no hidden padding (explicit `_pad`
+//! fields, integers instead of `bool` or enums) so that the kernel and userspace agree
+//! byte for byte. With the `user` feature each type also implements `aya::Pod`.
+#![no_std]
+
+/// Name of the per-CPU hash map of per-endpoint counters ([`EndpointKey`] -> [`EndpointStats`]).
+pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+/// Name of the array map indexed by local UDP port; value is a device id + 1 (0: not a WireGuard port).
+pub const MAP_PORTS: &str = "PORTS";
+/// Name of the LRU hash of WireGuard session indices ([`SessionKey`] -> [`SessionState`]).
+pub const MAP_SESSIONS: &str = "SESSIONS";
+/// Name of the per-CPU array (one entry) of [`GlobalStats`].
+pub const MAP_GLOBALS: &str = "GLOBALS";
+/// Name of the per-CPU array of per-device socket drop counters ([`DeviceDrops`]), indexed by device id.
+pub const MAP_DEVICE_DROPS: &str = "DEVICE_DROPS";
+/// Name of the ring buffer of [`SessionEvent`] records.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the array (one entry) holding the kernel structure offsets ([`KernelOffsets`]).
+pub const MAP_OFFSETS: &str = "OFFSETS";
+
+/// Default bound of the endpoint map (`max_peers` in the configuration).
+pub const DEFAULT_MAX_PEERS: u32 = 65_536;
+/// Number of entries in the port map: one per UDP port.
+pub const PORT_MAP_ENTRIES: u32 = 65_536;
+/// Largest device id + 1 the datapath can hold (size of the per-device arrays).
+pub const MAX_DEVICES: u32 = 1_024;
+/// Size in bytes of the session-event ring buffer.
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Default bound of the session-index map.
+pub const DEFAULT_MAX_SESSIONS: u32 = 4 * DEFAULT_MAX_PEERS;
+
+/// Program names in the object, as userspace loads them.
+pub mod programs {
+    /// TC ingress classifier for interfaces whose frames start with an Ethernet header.
+    pub const INGRESS: &str = "wgpulse_ingress";
+    /// TC egress classifier for interfaces whose frames start with an Ethernet header.
+    pub const EGRESS: &str = "wgpulse_egress";
+    /// TC ingress classifier for layer-3 interfaces (tun, ip tunnels): frames start at the IP header.
+    pub const INGRESS_L3: &str = "wgpulse_ingress_l3";
+    /// TC egress classifier for layer-3 interfaces.
+    pub const EGRESS_L3: &str = "wgpulse_egress_l3";
+    /// BTF tracepoint program counting UDP datagrams the socket layer dropped.
+    pub const UDP_DROPS: &str = "wgpulse_udp_drop";
+    /// The BTF tracepoint the drop program attaches to.
+    pub const UDP_DROPS_TRACEPOINT: &str = "udp_fail_queue_rcv_skb";
+    /// A classifier that only returns `TC_ACT_PIPE`: the baseline of the datapath benchmark.
+    pub const NOOP: &str = "wgpulse_noop";
+}
+
+/// Address family values used in [`EndpointKey::family`] (Linux `AF_INET`).
+pub const FAMILY_IPV4: u16 = 2;
+/// Address family values used in [`EndpointKey::family`] (Linux `AF_INET6`).
+pub const FAMILY_IPV6: u16 = 10;
+
+/// WireGuard message types (first byte of the UDP payload, followed by three zero bytes).
+pub mod message {
+    /// Handshake initiation.
+    pub const INITIATION: u8 = 1;
+    /// Handshake response.
+    pub const RESPONSE: u8 = 2;
+    /// Cookie reply.
+    pub const COOKIE: u8 = 3;
+    /// Transport data (also keepalives).
+    pub const DATA: u8 = 4;
+    /// Exact UDP payload length of an initiation.
+    pub const INITIATION_LEN: u32 = 148;
+    /// Exact UDP payload length of a response.
+    pub const RESPONSE_LEN: u32 = 92;
+    /// Exact UDP payload length of a cookie reply.
+    pub const COOKIE_LEN: u32 = 64;
+    /// Smallest UDP payload length of a data message (a keepalive).
+    pub const DATA_MIN_LEN: u32 = 32;
+}
+
+/// One remote endpoint of one WireGuard device: the key of the endpoint map.
+///
+/// `addr` holds an IPv4 address in its first four bytes (rest zero) or a full IPv6
+/// address, in network byte order; `port` is in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    /// Device id assigned by userspace (value in the port map minus one).
+    pub device: u32,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u16,
+    /// Remote UDP port, host byte order.
+    pub port: u16,
+    /// Remote address, network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Counters of one message class in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    /// Handshake initiations (148 bytes).
+    pub initiations: u64,
+    /// Handshake responses (92 bytes).
+    pub responses: u64,
+    /// Cookie replies (64 bytes).
+    pub cookies: u64,
+    /// Data messages, keepalives included (>= 32 bytes).
+    pub data: u64,
+}
+
+/// Traffic of one endpoint in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectionStats {
+    /// Valid WireGuard messages (datagrams; a GSO skb counts each segment).
+    pub packets: u64,
+    /// UDP payload bytes of those messages.
+    pub bytes: u64,
+    /// Datagrams on the WireGuard port that are no WireGuard message (wrong type, length or reserved bytes).
+    pub invalid_packets: u64,
+    /// UDP payload bytes of the invalid datagrams.
+    pub invalid_bytes: u64,
+    /// Per message type.
+    pub messages: MessageCounts,
+    /// `CLOCK_BOOTTIME` ns of the last datagram (valid or not); 0 if none.
+    pub last_packet_ns: u64,
+    /// `CLOCK_BOOTTIME` ns of the last initiation or response; 0 if none.
+    pub last_handshake_ns: u64,
+}
+
+/// Per-CPU value of the endpoint map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams received from the endpoint (TC ingress).
+    pub rx: DirectionStats,
+    /// Datagrams sent to the endpoint (TC egress).
+    pub tx: DirectionStats,
+    /// Datagrams from the endpoint that the UDP socket dropped before WireGuard read them.
+    pub socket_drops: u64,
+    /// UDP payload bytes of those dropped datagrams.
+    pub socket_drop_bytes: u64,
+}
+
+/// Datapath-wide counters (one per-CPU entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalStats {
+    /// WireGuard-port datagrams not accounted to an endpoint because the endpoint map was full.
+    pub overflow_packets: u64,
+    /// UDP payload bytes of those datagrams.
+    pub overflow_bytes: u64,
+    /// Non-first IPv4/IPv6 UDP fragments received (no UDP header: counted apart, never per endpoint).
+    pub rx_fragments: u64,
+    /// Non-first fragments sent.
+    pub tx_fragments: u64,
+    /// Frames whose headers ended before the UDP header or that were otherwise malformed.
+    pub malformed: u64,
+    /// Session events that could not be written to the full ring buffer.
+    pub events_lost: u64,
+    /// Socket drops on WireGuard ports that could not be attributed to an endpoint.
+    pub unattributed_drops: u64,
+    /// Session-index inserts that failed.
+    pub session_errors: u64,
+}
+
+/// Per-CPU value of the per-device drop map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceDrops {
+    /// Datagrams dropped by the socket of the device's listen port.
+    pub packets: u64,
+    /// Bytes of those datagrams (skb length at the socket: UDP header and payload).
+    pub bytes: u64,
+}
+
+/// Key of the session-index map: a local WireGuard session index of one device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionKey {
+    /// Device id.
+    pub device: u32,
+    /// Our own index (sender index of the initiation or response we sent).
+    pub index: u32,
+}
+
+/// The session is one we initiated; the response has not been seen.
+pub const SESSION_INITIATION_SENT: u32 = 1;
+/// We answered an initiation; no data on the new index yet.
+pub const SESSION_RESPONSE_SENT: u32 = 2;
+/// The handshake completed (response received, or first data after our response).
+pub const SESSION_ESTABLISHED: u32 = 3;
+
+/// Value of the session-index map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionState {
+    /// The remote endpoint the session was last seen with.
+    pub endpoint: EndpointKey,
+    /// One of the `SESSION_*` constants.
+    pub state: u32,
+    /// The peer's index for this session (0 until known).
+    pub remote_index: u32,
+    /// `CLOCK_BOOTTIME` ns of the last state change.
+    pub updated_ns: u64,
+}
+
+/// Ring-buffer record kind: a handshake completed.
+pub const EVENT_HANDSHAKE_COMPLETE: u32 = 1;
+/// Ring-buffer record kind: data on an established session arrived from another endpoint (roaming).
+pub const EVENT_ENDPOINT_CHANGED: u32 = 2;
+/// Role of the local device in a handshake: it sent the initiation.
+pub const ROLE_INITIATOR: u32 = 1;
+/// Role of the local device in a handshake: it sent the response.
+pub const ROLE_RESPONDER: u32 = 2;
+
+/// A record on the session-event ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// [`EVENT_HANDSHAKE_COMPLETE`] or [`EVENT_ENDPOINT_CHANGED`].
+    pub kind: u32,
+    /// [`ROLE_INITIATOR`] or [`ROLE_RESPONDER`] (for a handshake), 0 otherwise.
+    pub role: u32,
+    /// `CLOCK_BOOTTIME` ns when the datapath saw the completing packet.
+    pub timestamp_ns: u64,
+    /// Our session index.
+    pub local_index: u32,
+    /// The peer's session index.
+    pub remote_index: u32,
+    /// The endpoint of the completing packet (the new endpoint for a change).
+    pub endpoint: EndpointKey,
+    /// The previous endpoint (endpoint changes only; zero otherwise).
+    pub previous: EndpointKey,
+}
+
+/// Offsets of kernel structure fields the drop tracepoint reads, resolved by
+/// userspace from the running kernel's BTF (Rust eBPF has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// 1 when the offsets are filled and the tracepoint passes the skb.
+    pub valid: u32,
+    /// Offset of `sock.__sk_common.skc_num` (local port, host order).
+    pub sk_num: u32,
+    /// Offset of `sk_buff.head`.
+    pub skb_head: u32,
+    /// Offset of `sk_buff.transport_header` (u16).
+    pub skb_transport_header: u32,
+    /// Offset of `sk_buff.network_header` (u16).
+    pub skb_network_header: u32,
+    /// Offset of `sk_buff.len`.
+    pub skb_len: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` for the shared types: all are `repr(C)` integers and arrays without padding.
+    use super::*;
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and integer
+    // arrays, and its fields are laid out without implicit padding.
+    unsafe impl aya::Pod for EndpointKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EndpointStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for GlobalStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DeviceDrops {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SessionKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SessionState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SessionEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<EndpointKey>(), 24);
+        assert_eq!(size_of::<MessageCounts>(), 32);
+        assert_eq!(size_of::<DirectionStats>(), 4 * 8 + 32 + 16);
+        assert_eq!(size_of::<EndpointStats>(), 2 * 80 + 16);
+        assert_eq!(size_of::<SessionKey>(), 8);
+        assert_eq!(size_of::<SessionState>(), 24 + 4 + 4 + 8);
+        assert_eq!(size_of::<SessionEvent>(), 4 + 4 + 8 + 4 + 4 + 24 + 24);
+        assert_eq!(size_of::<KernelOffsets>(), 24);
+    }
+}

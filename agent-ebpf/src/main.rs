@@ -1,0 +1,16 @@
+//! The wgpulse datapath: TC classifiers that count every datagram on a WireGuard UDP
+//! port per remote endpoint, follow WireGuard session indices to tell completed
+//! handshakes from attempts, and a BTF tracepoint that counts datagrams the UDP socket
+//! dropped before WireGuard could read them.
+//!
+//! The classifiers observe only: whatever happens they return `TC_ACT_PIPE`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod datapath;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    // The programs only exist for the BPF target; agent/build.rs builds them with aya-build.
+}

@@ -1,0 +1,24 @@
+//! wgpulse: an eBPF-backed WireGuard telemetry agent.
+//!
+//! The flow, module by module: [`loader`] puts the eBPF datapath into the kernel and
+//! attaches it; [`drain`] reads its maps and ring buffer into typed [`snapshot`]s;
+//! [`wg`] discovers WireGuard devices and their peers; [`peers`] turns both into a
+//! live peer table with connect/disconnect state; [`events`] models what changed;
+//! [`outbox`] stores events durably; [`sink`] delivers them to webhooks; [`metrics`]
+//! and [`server`] expose the table to Prometheus and the local API.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod drain;
+pub mod events;
+pub mod links;
+pub mod loader;
+pub mod metrics;
+pub mod offsets;
+pub mod outbox;
+pub mod peers;
+pub mod server;
+pub mod sink;
+pub mod snapshot;
+pub mod wg;

@@ -1,0 +1,1 @@
+//! Placeholder (datapath issue in progress).

@@ -1,0 +1,2 @@
+//! The `wgpulse` binary.
+fn main() {}

@@ -1,0 +1,3 @@
+//! Webhook delivery (to be implemented: delivery issue).
+
+pub mod config;

@@ -1,0 +1,81 @@
+//! WireGuard device discovery: what devices exist, their listen ports and their peers,
+//! read from kernel WireGuard over generic netlink ([`netlink`]) and from userspace
+//! implementations over their UAPI socket ([`uapi`]).
+//!
+//! Private and preshared keys are never read into anything this module returns.
+
+pub mod key;
+pub mod netlink;
+pub mod uapi;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+pub use key::PublicKey;
+
+/// Where a device's configuration comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// In-kernel WireGuard, read over generic netlink.
+    Kernel,
+    /// A userspace implementation (wireguard-go, boringtun), read over its UAPI socket.
+    Userspace,
+}
+
+/// One WireGuard device as WireGuard itself reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// Interface name (unique on the host: UAPI sockets are shared across namespaces).
+    pub name: String,
+    /// Kernel or userspace implementation.
+    pub kind: DeviceKind,
+    /// The device's public key; `None` while it has no private key.
+    pub public_key: Option<PublicKey>,
+    /// UDP listen port (0 while none is bound).
+    pub listen_port: u16,
+    /// Firewall mark, 0 if unset.
+    pub fwmark: u32,
+    /// The device's peers, in the order WireGuard lists them.
+    pub peers: Vec<Peer>,
+}
+
+/// One peer of a device as WireGuard reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's public key: its identity.
+    pub public_key: PublicKey,
+    /// Current endpoint, if WireGuard knows one.
+    pub endpoint: Option<SocketAddr>,
+    /// Allowed IPs in CIDR notation, as WireGuard lists them.
+    pub allowed_ips: Vec<String>,
+    /// Persistent keepalive interval in seconds, 0 when off.
+    pub persistent_keepalive: u16,
+    /// Time of the last completed handshake, `None` if never.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes WireGuard accepted from the peer.
+    pub rx_bytes: u64,
+    /// Bytes WireGuard sent to the peer.
+    pub tx_bytes: u64,
+    /// Whether a preshared key is configured (the key itself is never kept).
+    pub has_preshared_key: bool,
+}
+
+/// Where and what to discover.
+#[derive(Clone, Debug)]
+pub struct DiscoveryOptions {
+    /// Directory of userspace UAPI sockets (`/var/run/wireguard`).
+    pub socket_dir: PathBuf,
+    /// Only these devices; empty means every device found.
+    pub only: Vec<String>,
+}
+
+impl Default for DiscoveryOptions {
+    fn default() -> Self {
+        Self {
+            socket_dir: PathBuf::from("/var/run/wireguard"),
+            only: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Kernel WireGuard over generic netlink (to be implemented).

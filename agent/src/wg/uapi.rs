@@ -1,0 +1,1 @@
+//! Userspace WireGuard over the UAPI socket (to be implemented).
