@@ -4,8 +4,8 @@ use agent_common::{
     message, DeviceDrops, EndpointKey, EndpointStats, GlobalStats, KernelOffsets, SessionEvent,
     SessionKey, SessionState, DEFAULT_MAX_PEERS, DEFAULT_MAX_SESSIONS, EVENTS_RING_BYTES,
     EVENT_ENDPOINT_CHANGED, EVENT_HANDSHAKE_COMPLETE, FAMILY_IPV4, FAMILY_IPV6, MAX_DEVICES,
-    PORT_MAP_ENTRIES, ROLE_INITIATOR, ROLE_RESPONDER, SESSION_ESTABLISHED,
-    SESSION_INITIATION_SENT, SESSION_RESPONSE_SENT,
+    PORT_MAP_ENTRIES, ROLE_INITIATOR, ROLE_RESPONDER, SESSION_ESTABLISHED, SESSION_INITIATION_SENT,
+    SESSION_RESPONSE_SENT,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_PIPE},
@@ -14,6 +14,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, TcContext},
 };
+use aya_log_ebpf::warn;
 
 /// Per-endpoint counters; userspace sets `max_entries` to `max_peers` before loading.
 #[map]
@@ -286,7 +287,10 @@ enum Class {
 
 #[inline(always)]
 fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Datagram) -> Result<(), ()> {
-    let udp: [u8; UDP_HLEN] = ctx.load(datagram.udp_offset).map_err(|_| ())?;
+    let Ok(udp) = ctx.load::<[u8; UDP_HLEN]>(datagram.udp_offset) else {
+        bump_global(|g| g.malformed += 1);
+        return Err(());
+    };
     let src_port = u16::from_be_bytes([udp[0], udp[1]]);
     let dst_port = u16::from_be_bytes([udp[2], udp[3]]);
     let (local_port, remote_port, remote_addr) = if INGRESS {
@@ -308,7 +312,9 @@ fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Datagram) -> Result<
     // SAFETY: `skb` is the context pointer the kernel passed to this program.
     let segments = unsafe { (*ctx.skb.skb).gso_segs };
     let (packets, payload) = if segments > 1 {
-        let total = ctx.len().saturating_sub((datagram.udp_offset + UDP_HLEN) as u32);
+        let total = ctx
+            .len()
+            .saturating_sub((datagram.udp_offset + UDP_HLEN) as u32);
         (segments as u64, total)
     } else {
         (1u64, udp_len - UDP_HLEN as u32)
@@ -320,9 +326,7 @@ fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Datagram) -> Result<
     let mut second_index = 0u32;
     let single_len = if segments > 1 { 0 } else { payload };
     if payload >= message::DATA_MIN_LEN {
-        let head: [u8; 12] = ctx
-            .load(datagram.udp_offset + UDP_HLEN)
-            .map_err(|_| ())?;
+        let head: [u8; 12] = ctx.load(datagram.udp_offset + UDP_HLEN).map_err(|_| ())?;
         if head[1] == 0 && head[2] == 0 && head[3] == 0 {
             class = match head[0] {
                 message::INITIATION if single_len == message::INITIATION_LEN => Class::Initiation,
@@ -344,10 +348,18 @@ fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Datagram) -> Result<
     };
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let Some(stats) = endpoint_stats(&key) else {
+        let mut first = false;
         bump_global(|g| {
+            first = g.overflow_packets == 0;
             g.overflow_packets += packets;
             g.overflow_bytes += payload as u64;
         });
+        if first {
+            warn!(
+                ctx,
+                "endpoint map full: traffic of new endpoints is counted as overflow"
+            );
+        }
         return Ok(());
     };
     // SAFETY: a per-CPU map value of this CPU; nothing else writes it concurrently.
@@ -477,7 +489,9 @@ fn track_session<const INGRESS: bool>(
                         endpoint,
                         None,
                     );
-                } else if session.state == SESSION_ESTABLISHED && !same_endpoint(&session.endpoint, endpoint) {
+                } else if session.state == SESSION_ESTABLISHED
+                    && !same_endpoint(&session.endpoint, endpoint)
+                {
                     let previous = session.endpoint;
                     session.endpoint = *endpoint;
                     session.updated_ns = now;
@@ -581,8 +595,9 @@ unsafe fn count_drop(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let mut bytes = 0u64;
     if offsets.valid != OFFSETS_SOCK_ONLY {
         let skb: *const u8 = ctx.arg(2);
-        let head: *const u8 =
-            unsafe { bpf_probe_read_kernel(skb.add(offsets.skb_head as usize) as *const *const u8)? };
+        let head: *const u8 = unsafe {
+            bpf_probe_read_kernel(skb.add(offsets.skb_head as usize) as *const *const u8)?
+        };
         let network: u16 = unsafe {
             bpf_probe_read_kernel(skb.add(offsets.skb_network_header as usize) as *const u16)?
         };
@@ -590,8 +605,9 @@ unsafe fn count_drop(ctx: &BtfTracePointContext) -> Result<(), i64> {
             bpf_probe_read_kernel(skb.add(offsets.skb_transport_header as usize) as *const u16)?
         };
         let ip = unsafe { head.add(network as usize) };
-        let udp: [u8; UDP_HLEN] =
-            unsafe { bpf_probe_read_kernel(head.add(transport as usize) as *const [u8; UDP_HLEN])? };
+        let udp: [u8; UDP_HLEN] = unsafe {
+            bpf_probe_read_kernel(head.add(transport as usize) as *const [u8; UDP_HLEN])?
+        };
         let version: u8 = unsafe { bpf_probe_read_kernel(ip)? } >> 4;
         let mut addr = [0u8; 16];
         let family = if version == 4 {

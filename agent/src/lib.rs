@@ -21,4 +21,8 @@ pub mod peers;
 pub mod server;
 pub mod sink;
 pub mod snapshot;
+pub mod testing;
 pub mod wg;
+
+#[cfg(test)]
+mod classifier_tests;

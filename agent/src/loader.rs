@@ -1,1 +1,453 @@
-//! Placeholder (datapath issue in progress).
+//! Puts the datapath into the kernel: loads the embedded eBPF object with aya, sizes
+//! the endpoint map, attaches the classifiers to underlay interfaces (TCX on kernels
+//! >= 6.6, clsact through netlink before), attaches the socket-drop tracepoint, keeps
+//! the port map in step with the WireGuard devices, and detaches everything on drop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use agent_common::{programs, KernelOffsets, MAP_OFFSETS, MAP_PORTS, MAX_DEVICES};
+use aya::maps::{Array, Map, MapData};
+use aya::programs::tc::{self, SchedClassifierLinkId, TcAttachType};
+use aya::programs::{BtfTracePoint, SchedClassifier};
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use crate::links::Interface;
+use crate::offsets;
+
+/// The eBPF object built by `build.rs` from `agent-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wgpulse"));
+
+/// Errors loading or attaching the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The object could not be loaded (verifier, permissions, kernel too old).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program is missing from the object or failed to load or attach.
+    #[error("{op} program {program}: {source}")]
+    Program {
+        /// What was being done.
+        op: &'static str,
+        /// The program name.
+        program: &'static str,
+        /// The aya error.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// Attaching to an interface failed.
+    #[error("attaching {direction} classifier to {interface}: {source}")]
+    Attach {
+        /// The interface.
+        interface: String,
+        /// ingress or egress.
+        direction: &'static str,
+        /// The aya error.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// A map is missing from the object.
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("{op} on map {map}: {source}")]
+    Map {
+        /// What was being done.
+        op: &'static str,
+        /// The map.
+        map: &'static str,
+        /// The aya error.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    /// More WireGuard devices than the datapath's per-device arrays hold.
+    #[error("too many WireGuard devices (the datapath holds {MAX_DEVICES})")]
+    TooManyDevices,
+}
+
+/// Options of [`Datapath::load`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Bound of the endpoint map.
+    pub max_peers: u32,
+    /// Whether to attach the socket-drop tracepoint (tests of the classifier alone
+    /// load a private copy without it).
+    pub attach_drop_counter: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_peers: agent_common::DEFAULT_MAX_PEERS,
+            attach_drop_counter: true,
+        }
+    }
+}
+
+/// Stable small ids for WireGuard device names: the datapath keys endpoints by id.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceIds {
+    by_name: BTreeMap<String, u32>,
+}
+
+impl DeviceIds {
+    /// The id of `name`, assigning the lowest free one on first use.
+    pub fn id(&mut self, name: &str) -> Result<u32, LoaderError> {
+        if let Some(id) = self.by_name.get(name) {
+            return Ok(*id);
+        }
+        let used: std::collections::BTreeSet<u32> = self.by_name.values().copied().collect();
+        let id = (0..MAX_DEVICES)
+            .find(|id| !used.contains(id))
+            .ok_or(LoaderError::TooManyDevices)?;
+        self.by_name.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// The name of a device id, if assigned.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.by_name
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// Every (id, name) pair.
+    pub fn names(&self) -> HashMap<u32, String> {
+        self.by_name.iter().map(|(k, v)| (*v, k.clone())).collect()
+    }
+
+    /// Forgets a device that disappeared (its id may be reused).
+    pub fn remove(&mut self, name: &str) {
+        self.by_name.remove(name);
+    }
+}
+
+/// One attached interface.
+struct Attachment {
+    interface: String,
+    ingress: (&'static str, SchedClassifierLinkId),
+    egress: (&'static str, SchedClassifierLinkId),
+}
+
+/// The loaded datapath. Dropping it detaches every program.
+pub struct Datapath {
+    ebpf: Ebpf,
+    ports: Array<MapData, u32>,
+    port_devices: HashMap<u16, u32>,
+    attachments: Vec<Attachment>,
+    drop_counter: Option<String>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+const CLASSIFIERS: [&str; 5] = [
+    programs::INGRESS,
+    programs::EGRESS,
+    programs::INGRESS_L3,
+    programs::EGRESS_L3,
+    programs::NOOP,
+];
+
+impl Datapath {
+    /// Loads the embedded object and every classifier (unattached); with
+    /// `attach_drop_counter`, also attaches the socket-drop tracepoint where the
+    /// kernel allows (a failure there is logged and the rest keeps working).
+    pub fn load(options: &LoadOptions) -> Result<Self, LoaderError> {
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(agent_common::MAP_ENDPOINTS, options.max_peers)
+            .load(EBPF_OBJECT)
+            .map_err(|e| LoaderError::Load(Box::new(e)))?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                tracing::debug!("eBPF logger not initialised: {err}");
+                None
+            }
+        };
+        for name in CLASSIFIERS {
+            let program: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
+            program.load().map_err(|e| LoaderError::Program {
+                op: "loading",
+                program: name,
+                source: Box::new(e),
+            })?;
+        }
+        let ports =
+            Array::try_from(take_map(&mut ebpf, MAP_PORTS)?).map_err(|e| LoaderError::Map {
+                op: "opening",
+                map: MAP_PORTS,
+                source: Box::new(e),
+            })?;
+        let mut datapath = Self {
+            ebpf,
+            ports,
+            port_devices: HashMap::new(),
+            attachments: Vec::new(),
+            drop_counter: None,
+            logger,
+        };
+        if options.attach_drop_counter {
+            match datapath.attach_drop_counter() {
+                Ok(mode) => datapath.drop_counter = Some(mode),
+                Err(err) => tracing::warn!(
+                    "socket drops will not be counted (the rest of the datapath works): {err}"
+                ),
+            }
+        }
+        Ok(datapath)
+    }
+
+    fn attach_drop_counter(&mut self) -> Result<String, String> {
+        let offsets = offsets::Btf::from_file(Path::new("/sys/kernel/btf/vmlinux"))
+            .and_then(|btf| offsets::kernel_offsets(&btf))
+            .map_err(|e| e.to_string())?;
+        let mut map: Array<&mut MapData, KernelOffsets> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_OFFSETS)
+                .ok_or_else(|| format!("map {MAP_OFFSETS} missing"))?,
+        )
+        .map_err(|e| e.to_string())?;
+        map.set(0, offsets, 0).map_err(|e| e.to_string())?;
+        let btf = Btf::from_sys_fs().map_err(|e| e.to_string())?;
+        let program: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(programs::UDP_DROPS)
+            .ok_or("drop program missing")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        program
+            .load(programs::UDP_DROPS_TRACEPOINT, &btf)
+            .map_err(|e| format!("loading tp_btf/{}: {e}", programs::UDP_DROPS_TRACEPOINT))?;
+        program
+            .attach()
+            .map_err(|e| format!("attaching tp_btf/{}: {e}", programs::UDP_DROPS_TRACEPOINT))?;
+        Ok(if offsets.valid == offsets::OFFSETS_WITH_SKB {
+            "per endpoint".into()
+        } else {
+            "per device (kernel tracepoint has no skb)".into()
+        })
+    }
+
+    /// How socket drops are counted, or `None` when the tracepoint is not attached.
+    pub fn drop_counter_mode(&self) -> Option<&str> {
+        self.drop_counter.as_deref()
+    }
+
+    /// Attaches the ingress and egress classifiers to an interface (idempotent).
+    pub fn attach(&mut self, interface: &Interface) -> Result<(), LoaderError> {
+        if self
+            .attachments
+            .iter()
+            .any(|a| a.interface == interface.name)
+        {
+            return Ok(());
+        }
+        let (ingress_name, egress_name) = if interface.ethernet {
+            (programs::INGRESS, programs::EGRESS)
+        } else {
+            (programs::INGRESS_L3, programs::EGRESS_L3)
+        };
+        let ingress = self.attach_one(&interface.name, ingress_name, TcAttachType::Ingress)?;
+        let egress = match self.attach_one(&interface.name, egress_name, TcAttachType::Egress) {
+            Ok(link) => link,
+            Err(err) => {
+                let _ = program_mut(&mut self.ebpf, ingress_name).and_then(|p| {
+                    p.detach(ingress).map_err(|e| LoaderError::Program {
+                        op: "detaching",
+                        program: ingress_name,
+                        source: Box::new(e),
+                    })
+                });
+                return Err(err);
+            }
+        };
+        tracing::info!(interface = %interface.name, ethernet = interface.ethernet, "datapath attached");
+        self.attachments.push(Attachment {
+            interface: interface.name.clone(),
+            ingress: (ingress_name, ingress),
+            egress: (egress_name, egress),
+        });
+        Ok(())
+    }
+
+    fn attach_one(
+        &mut self,
+        interface: &str,
+        name: &'static str,
+        direction: TcAttachType,
+    ) -> Result<SchedClassifierLinkId, LoaderError> {
+        let direction_name = match direction {
+            TcAttachType::Ingress => "ingress",
+            _ => "egress",
+        };
+        let program = program_mut(&mut self.ebpf, name)?;
+        match program.attach(interface, direction) {
+            Ok(link) => Ok(link),
+            Err(first) => {
+                // Kernels before 6.6 attach through netlink and need a clsact qdisc.
+                if aya::util::KernelVersion::current()
+                    .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+                {
+                    return Err(LoaderError::Attach {
+                        interface: interface.into(),
+                        direction: direction_name,
+                        source: Box::new(first),
+                    });
+                }
+                let _ = tc::qdisc_add_clsact(interface);
+                program
+                    .attach(interface, direction)
+                    .map_err(|e| LoaderError::Attach {
+                        interface: interface.into(),
+                        direction: direction_name,
+                        source: Box::new(e),
+                    })
+            }
+        }
+    }
+
+    /// Detaches the classifiers from an interface (no-op if not attached).
+    pub fn detach(&mut self, interface: &str) {
+        let Some(at) = self
+            .attachments
+            .iter()
+            .position(|a| a.interface == interface)
+        else {
+            return;
+        };
+        let attachment = self.attachments.remove(at);
+        for (name, link) in [attachment.ingress, attachment.egress] {
+            if let Ok(program) = program_mut(&mut self.ebpf, name) {
+                if let Err(err) = program.detach(link) {
+                    // The interface may already be gone, taking the link with it.
+                    tracing::debug!(interface, "detaching {name}: {err}");
+                }
+            }
+        }
+        tracing::info!(interface, "datapath detached");
+    }
+
+    /// Interfaces the classifiers are attached to.
+    pub fn attached(&self) -> Vec<String> {
+        self.attachments
+            .iter()
+            .map(|a| a.interface.clone())
+            .collect()
+    }
+
+    /// Makes the port map equal `ports` (local UDP port -> device id): the datapath
+    /// counts exactly the WireGuard listen ports of the devices it knows.
+    pub fn set_ports(&mut self, ports: &HashMap<u16, u32>) -> Result<(), LoaderError> {
+        let stale: Vec<u16> = self
+            .port_devices
+            .keys()
+            .filter(|p| !ports.contains_key(p))
+            .copied()
+            .collect();
+        for port in stale {
+            self.write_port(port, 0)?;
+            self.port_devices.remove(&port);
+        }
+        for (port, device) in ports {
+            if self.port_devices.get(port) != Some(device) {
+                self.write_port(*port, device + 1)?;
+                self.port_devices.insert(*port, *device);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_port(&mut self, port: u16, value: u32) -> Result<(), LoaderError> {
+        self.ports
+            .set(port as u32, value, 0)
+            .map_err(|e| LoaderError::Map {
+                op: "writing",
+                map: MAP_PORTS,
+                source: Box::new(e),
+            })
+    }
+
+    /// Takes a map out of the object (the drain owns the counter maps).
+    pub fn take_map(&mut self, name: &'static str) -> Result<Map, LoaderError> {
+        take_map(&mut self.ebpf, name)
+    }
+
+    /// A loaded classifier, e.g. to run it through `BPF_PROG_TEST_RUN` (tests, bench).
+    pub fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, LoaderError> {
+        program_mut(&mut self.ebpf, name)
+    }
+
+    /// The aya-log reader, for the drain thread to poll and flush.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+
+    /// Detaches from every interface.
+    pub fn detach_all(&mut self) {
+        for interface in self.attached() {
+            self.detach(&interface);
+        }
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, LoaderError> {
+    let missing = || LoaderError::Program {
+        op: "finding",
+        program: name,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    };
+    ebpf.program_mut(name)
+        .ok_or_else(missing)?
+        .try_into()
+        .map_err(|e| LoaderError::Program {
+            op: "finding",
+            program: name,
+            source: Box::new(e),
+        })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoaderError> {
+    ebpf.take_map(name).ok_or(LoaderError::MissingMap(name))
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; raise it (best effort).
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_are_stable_and_reused() {
+        let mut ids = DeviceIds::default();
+        assert_eq!(ids.id("wg0").unwrap(), 0);
+        assert_eq!(ids.id("wg1").unwrap(), 1);
+        assert_eq!(ids.id("wg0").unwrap(), 0);
+        assert_eq!(ids.name(1), Some("wg1"));
+        ids.remove("wg0");
+        assert_eq!(ids.id("wg2").unwrap(), 0);
+        assert_eq!(ids.names().len(), 2);
+    }
+}

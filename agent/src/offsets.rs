@@ -1,1 +1,401 @@
-//! Placeholder (datapath issue in progress).
+//! Kernel structure offsets for the socket-drop tracepoint, read from the running
+//! kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! Rust eBPF has no CO-RE field relocations, so the tracepoint reads `sock` and
+//! `sk_buff` fields with `bpf_probe_read_kernel` at offsets userspace resolves here.
+//! The reader walks the BTF type section once and understands only what it needs
+//! (struct/union members, typedef -> pointer -> function prototype); aya-obj keeps its
+//! BTF member accessors crate-private and the dedicated crate (btf-rs) is LGPL.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use agent_common::KernelOffsets;
+
+/// Errors resolving offsets.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetsError {
+    /// The BTF file could not be read.
+    #[error("reading BTF {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The BTF blob is malformed.
+    #[error("malformed BTF: {0}")]
+    Malformed(String),
+    /// A type or member the drop counter needs is missing.
+    #[error("kernel BTF has no {0}")]
+    Missing(String),
+}
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_ENUM64: u32 = 19;
+
+/// A struct or union member: name, type id, offset in bits.
+#[derive(Clone, Debug)]
+struct Member {
+    name: String,
+    type_id: u32,
+    bit_offset: u32,
+}
+
+/// The parts of one BTF type this reader keeps.
+#[derive(Clone, Debug)]
+struct Type {
+    kind: u32,
+    name: String,
+    /// Referenced type (typedef, pointer).
+    type_id: u32,
+    /// Members of a struct or union.
+    members: Vec<Member>,
+    /// Parameter count of a function prototype.
+    params: u32,
+}
+
+/// A parsed BTF type section (ids start at 1).
+pub struct Btf {
+    types: Vec<Type>,
+    by_name: HashMap<(u32, String), u32>,
+}
+
+fn read_u32(data: &[u8], at: usize) -> Result<u32, OffsetsError> {
+    data.get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| OffsetsError::Malformed(format!("truncated at byte {at}")))
+}
+
+impl Btf {
+    /// Reads and parses a BTF file (little-endian, as on the machines we run on).
+    pub fn from_file(path: &Path) -> Result<Self, OffsetsError> {
+        let data = std::fs::read(path).map_err(|source| OffsetsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    /// Parses a BTF blob.
+    pub fn parse(data: &[u8]) -> Result<Self, OffsetsError> {
+        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
+            return Err(OffsetsError::Malformed("bad magic".into()));
+        }
+        let hdr_len = read_u32(data, 4)? as usize;
+        let type_off = read_u32(data, 8)? as usize;
+        let type_len = read_u32(data, 12)? as usize;
+        let str_off = read_u32(data, 16)? as usize;
+        let str_len = read_u32(data, 20)? as usize;
+        let types_start = hdr_len + type_off;
+        let strings_start = hdr_len + str_off;
+        let strings = data
+            .get(strings_start..strings_start + str_len)
+            .ok_or_else(|| OffsetsError::Malformed("string section out of bounds".into()))?;
+        let name_at = |offset: u32| -> String {
+            let start = offset as usize;
+            strings
+                .get(start..)
+                .and_then(|s| s.split(|&b| b == 0).next())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .unwrap_or_default()
+        };
+        let section = data
+            .get(types_start..types_start + type_len)
+            .ok_or_else(|| OffsetsError::Malformed("type section out of bounds".into()))?;
+
+        let mut types = vec![Type {
+            kind: 0,
+            name: String::new(),
+            type_id: 0,
+            members: Vec::new(),
+            params: 0,
+        }];
+        let mut at = 0usize;
+        while at < section.len() {
+            let name_off = read_u32(section, at)?;
+            let info = read_u32(section, at + 4)?;
+            let size_or_type = read_u32(section, at + 8)?;
+            at += 12;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kind_flag = info >> 31;
+            let mut ty = Type {
+                kind,
+                name: name_at(name_off),
+                type_id: size_or_type,
+                members: Vec::new(),
+                params: 0,
+            };
+            match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => at += 4,
+                KIND_ARRAY => at += 12,
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..vlen {
+                        let base = at + i * 12;
+                        let offset = read_u32(section, base + 8)?;
+                        ty.members.push(Member {
+                            name: name_at(read_u32(section, base)?),
+                            type_id: read_u32(section, base + 4)?,
+                            bit_offset: if kind_flag == 1 {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
+                        });
+                    }
+                    at += vlen * 12;
+                }
+                KIND_ENUM => at += vlen * 8,
+                KIND_FUNC_PROTO => {
+                    ty.params = vlen as u32;
+                    at += vlen * 8;
+                }
+                KIND_DATASEC | KIND_ENUM64 => at += vlen * 12,
+                _ => {}
+            }
+            types.push(ty);
+        }
+        let by_name = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.name.is_empty())
+            .map(|(id, t)| ((t.kind, t.name.clone()), id as u32))
+            .collect();
+        Ok(Self { types, by_name })
+    }
+
+    fn get(&self, id: u32) -> Option<&Type> {
+        self.types.get(id as usize)
+    }
+
+    /// Byte offset of `member` in the struct named `name`, looking through anonymous
+    /// structs and unions (as `sock_common.skc_num` and `sk_buff.network_header` need).
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, OffsetsError> {
+        let id = self
+            .by_name
+            .get(&(KIND_STRUCT, name.to_owned()))
+            .ok_or_else(|| OffsetsError::Missing(format!("struct {name}")))?;
+        self.find_member(*id, member, 0)
+            .map(|bits| bits / 8)
+            .ok_or_else(|| OffsetsError::Missing(format!("{name}.{member}")))
+    }
+
+    fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+        let ty = self.get(id)?;
+        if depth > 8 {
+            return None;
+        }
+        for m in &ty.members {
+            if m.name == member {
+                return Some(m.bit_offset);
+            }
+        }
+        for m in ty.members.iter().filter(|m| m.name.is_empty()) {
+            let inner = self.get(m.type_id)?;
+            if inner.kind == KIND_STRUCT || inner.kind == KIND_UNION {
+                if let Some(bits) = self.find_member(m.type_id, member, depth + 1) {
+                    return Some(m.bit_offset + bits);
+                }
+            }
+        }
+        None
+    }
+
+    /// Number of arguments of a BTF tracepoint (the `btf_trace_<name>` typedef's
+    /// prototype minus its leading context pointer).
+    pub fn tracepoint_args(&self, tracepoint: &str) -> Result<u32, OffsetsError> {
+        let missing = || OffsetsError::Missing(format!("tracepoint {tracepoint}"));
+        let typedef = self
+            .by_name
+            .get(&(KIND_TYPEDEF, format!("btf_trace_{tracepoint}")))
+            .ok_or_else(missing)?;
+        let pointer = self.get(*typedef).ok_or_else(missing)?;
+        let proto = self.get(pointer.type_id).ok_or_else(missing)?;
+        let proto = if proto.kind == KIND_PTR {
+            self.get(proto.type_id).ok_or_else(missing)?
+        } else {
+            proto
+        };
+        if proto.kind != KIND_FUNC_PROTO || proto.params == 0 {
+            return Err(missing());
+        }
+        Ok(proto.params - 1)
+    }
+}
+
+/// `valid` value: every offset filled, the tracepoint passes `(rc, sk, skb)`.
+pub const OFFSETS_WITH_SKB: u32 = 1;
+/// `valid` value: the tracepoint passes `(rc, sk)` only (kernels before 6.10):
+/// drops are counted per device, not per endpoint.
+pub const OFFSETS_SOCK_ONLY: u32 = 2;
+
+/// Resolves the offsets the drop tracepoint needs from `btf`.
+pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
+    let args = btf.tracepoint_args(agent_common::programs::UDP_DROPS_TRACEPOINT)?;
+    let sk_num =
+        btf.member_offset("sock_common", "skc_num")? + btf.member_offset("sock", "__sk_common")?;
+    let mut offsets = KernelOffsets {
+        valid: OFFSETS_SOCK_ONLY,
+        sk_num,
+        ..Default::default()
+    };
+    if args >= 3 {
+        offsets.skb_head = btf.member_offset("sk_buff", "head")?;
+        offsets.skb_network_header = btf.member_offset("sk_buff", "network_header")?;
+        offsets.skb_transport_header = btf.member_offset("sk_buff", "transport_header")?;
+        offsets.skb_len = btf.member_offset("sk_buff", "len")?;
+        offsets.valid = OFFSETS_WITH_SKB;
+    }
+    Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a tiny BTF blob: struct outer { int a; union { int x; struct { short p; short q; }; }; }
+    /// and typedef btf_trace_t -> ptr -> proto(3 params).
+    fn tiny_btf() -> Vec<u8> {
+        let strings = b"\0int\0outer\0a\0x\0p\0q\0btf_trace_t\0";
+        let name = |s: &str| -> u32 {
+            let needle = format!("\0{s}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| {
+            for w in words {
+                types.extend_from_slice(&w.to_le_bytes());
+            }
+        };
+        let info = |kind: u32, vlen: u32| (kind << 24) | vlen;
+        // 1: int (size 4)
+        push(&[name("int"), info(KIND_INT, 0), 4, 32]);
+        // 2: anonymous struct { short p @0; short q @16 bits }
+        push(&[
+            0,
+            info(KIND_STRUCT, 2),
+            4,
+            name("p"),
+            1,
+            0,
+            name("q"),
+            1,
+            16,
+        ]);
+        // 3: anonymous union { int x; struct 2 }
+        push(&[0, info(KIND_UNION, 2), 4, name("x"), 1, 0, 0, 2, 0]);
+        // 4: struct outer { int a @0; union 3 @32 }
+        push(&[
+            name("outer"),
+            info(KIND_STRUCT, 2),
+            8,
+            name("a"),
+            1,
+            0,
+            0,
+            3,
+            32,
+        ]);
+        // 5: func proto with 3 params, 6: ptr -> 5, 7: typedef btf_trace_t -> 6
+        push(&[0, info(KIND_FUNC_PROTO, 3), 0, 0, 1, 0, 1, 0, 1]);
+        push(&[0, info(KIND_PTR, 0), 5]);
+        push(&[name("btf_trace_t"), info(KIND_TYPEDEF, 0), 6]);
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]);
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend_from_slice(&w.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(strings);
+        blob
+    }
+
+    #[test]
+    fn members_are_found_through_anonymous_unions() {
+        let btf = Btf::parse(&tiny_btf()).unwrap();
+        assert_eq!(btf.member_offset("outer", "a").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "x").unwrap(), 4);
+        assert_eq!(btf.member_offset("outer", "q").unwrap(), 6);
+        assert!(btf.member_offset("outer", "nope").is_err());
+        assert!(btf.member_offset("missing", "a").is_err());
+        assert_eq!(btf.tracepoint_args("t").unwrap(), 2);
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        assert!(Btf::parse(b"not btf at all, definitely not").is_err());
+        let mut blob = tiny_btf();
+        blob.truncate(30);
+        assert!(Btf::parse(&blob).is_err());
+    }
+
+    /// The running kernel's BTF, checked against bpftool's own reading.
+    #[test]
+    fn running_kernel_offsets_match_bpftool() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("skipped: no kernel BTF at {}", path.display());
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let offsets = kernel_offsets(&btf).unwrap();
+        let Ok(out) = std::process::Command::new("bpftool")
+            .args([
+                "btf",
+                "dump",
+                "file",
+                "/sys/kernel/btf/vmlinux",
+                "format",
+                "raw",
+            ])
+            .output()
+        else {
+            eprintln!("skipped: bpftool not installed");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        // In bpftool's raw dump, struct sk_buff's direct member `len` appears as
+        // `'len' type_id=N bits_offset=B` right after the `STRUCT 'sk_buff'` line.
+        let mut in_skb = false;
+        let mut len_bits = None;
+        for line in text.lines() {
+            if line.starts_with('[') {
+                in_skb = line.contains("STRUCT 'sk_buff' ");
+                continue;
+            }
+            if in_skb && line.trim_start().starts_with("'len' ") {
+                len_bits = line
+                    .split("bits_offset=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse::<u32>().ok());
+            }
+        }
+        assert_eq!(Some(offsets.skb_len * 8), len_bits, "sk_buff.len offset");
+        assert!(offsets.valid == OFFSETS_WITH_SKB || offsets.valid == OFFSETS_SOCK_ONLY);
+    }
+}

@@ -92,7 +92,10 @@ pub fn direction_delta(now: &DirectionStats, before: &DirectionStats) -> Directi
                 .messages
                 .initiations
                 .saturating_sub(before.messages.initiations),
-            responses: now.messages.responses.saturating_sub(before.messages.responses),
+            responses: now
+                .messages
+                .responses
+                .saturating_sub(before.messages.responses),
             cookies: now.messages.cookies.saturating_sub(before.messages.cookies),
             data: now.messages.data.saturating_sub(before.messages.data),
         },
@@ -107,13 +110,19 @@ pub fn stats_delta(now: &EndpointStats, before: &EndpointStats) -> EndpointStats
         rx: direction_delta(&now.rx, &before.rx),
         tx: direction_delta(&now.tx, &before.tx),
         socket_drops: now.socket_drops.saturating_sub(before.socket_drops),
-        socket_drop_bytes: now.socket_drop_bytes.saturating_sub(before.socket_drop_bytes),
+        socket_drop_bytes: now
+            .socket_drop_bytes
+            .saturating_sub(before.socket_drop_bytes),
     }
 }
 
 /// Whether any counter of `stats` is non-zero.
 pub fn has_traffic(stats: &EndpointStats) -> bool {
-    stats.rx.packets + stats.rx.invalid_packets + stats.tx.packets + stats.tx.invalid_packets + stats.socket_drops
+    stats.rx.packets
+        + stats.rx.invalid_packets
+        + stats.tx.packets
+        + stats.tx.invalid_packets
+        + stats.socket_drops
         > 0
 }
 
@@ -286,6 +295,9 @@ mod tests {
         let clock = BootClock::now();
         assert_eq!(clock.wall(0), None);
         let earlier = clock.wall(clock.boot_ns() - 1_000_000_000).unwrap();
-        assert_eq!(clock.wall.duration_since(earlier).unwrap(), Duration::from_secs(1));
+        assert_eq!(
+            clock.wall.duration_since(earlier).unwrap(),
+            Duration::from_secs(1)
+        );
     }
 }
