@@ -1,1 +1,45 @@
-fn main() {}
+//! wgpulse's developer tasks. `xtask` only orchestrates: the eBPF object is built by
+//! `agent/build.rs`; this crate installs prerequisites, runs the tests, the demo and
+//! the benchmarks.
+
+mod cmd;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for the wgpulse workspace.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install every prerequisite on Debian 12 as root, idempotently (apt packages,
+    /// rust-src, bpf-linker against LLVM 22, wireguard-go, tshark, iperf3...).
+    Setup,
+    /// Build the eBPF object and the agent (release).
+    Build,
+    /// Run setup, then every test: unit, kernel (BPF_PROG_TEST_RUN) and end-to-end.
+    Test {
+        /// Skip the setup step (prerequisites already installed).
+        #[arg(long)]
+        no_setup: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build => cmd::cargo(&["build", "--release", "-p", "wgpulse"]),
+        Task::Test { no_setup } => test::run(!no_setup),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
