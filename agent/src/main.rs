@@ -1,2 +1,95 @@
-//! The `wgpulse` binary.
-fn main() {}
+//! The `wgpulse` binary: parses the command line, sets up logging and runs the agent.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use wgpulse::cli::{Cli, Command, RunArgs};
+use wgpulse::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::CheckConfig { config } => return check_config(&config),
+        Command::Version => {
+            println!("wgpulse {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wgpulse: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    args.apply(&mut config);
+    if let Some(problem) = config
+        .problems(args.config.as_deref().unwrap_or(Path::new("<flags>")))
+        .into_iter()
+        .next()
+    {
+        return Err(problem.into());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log_level)?)
+        .with_writer(std::io::stderr)
+        .init();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "wgpulse starting");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let agent = wgpulse::agent::start(config, None).context("starting the agent")?;
+    runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        }
+        anyhow::Ok(())
+    })?;
+    agent.stop();
+    tracing::info!("stopped; datapath detached");
+    Ok(())
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("{}: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match Config::parse(&text, path) {
+        Ok(config) => {
+            let problems = config.problems(path);
+            if problems.is_empty() {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            } else {
+                for problem in problems {
+                    eprintln!("{problem}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -79,3 +79,41 @@ impl Default for DiscoveryOptions {
         }
     }
 }
+
+/// Errors of discovery as a whole (single broken devices are skipped, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// Kernel devices could not be listed.
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
+}
+
+/// Every WireGuard device visible from the calling thread's network namespace:
+/// kernel devices over generic netlink and userspace devices over their UAPI
+/// sockets, filtered by `options.only`, sorted by name.
+///
+/// UAPI sockets are shared by all network namespaces, so a userspace device is
+/// reported only if an interface of its name exists here. One broken device (dead
+/// socket, timeout, garbage) is skipped with a warning and does not hide the others.
+pub fn discover(options: &DiscoveryOptions) -> Result<Vec<Device>, DiscoveryError> {
+    let wanted = |name: &str| options.only.is_empty() || options.only.iter().any(|n| n == name);
+    let mut devices: Vec<Device> = netlink::kernel_devices()?
+        .into_iter()
+        .filter(|d| wanted(&d.name))
+        .collect();
+    for name in uapi::list_sockets(&options.socket_dir) {
+        if !wanted(&name) || devices.iter().any(|d| d.name == name) {
+            continue;
+        }
+        if nix::net::if_::if_nametoindex(name.as_str()).is_err() {
+            tracing::debug!(device = %name, "UAPI socket of a device in another network namespace: skipped");
+            continue;
+        }
+        match uapi::read_device(&options.socket_dir, &name) {
+            Ok(device) => devices.push(device),
+            Err(err) => tracing::warn!(device = %name, "skipping device: {err}"),
+        }
+    }
+    devices.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(devices)
+}
