@@ -235,6 +235,24 @@ impl Pipeline {
             duration = ?snapshot.duration,
             "drained"
         );
+        for sample in snapshot
+            .endpoints
+            .iter()
+            .filter(|s| crate::snapshot::has_traffic(&s.delta))
+        {
+            let device = self.ids.name(sample.endpoint.device).unwrap_or("?");
+            tracing::debug!(
+                device,
+                endpoint = %sample.endpoint.addr,
+                rx_packets = sample.totals.rx.packets,
+                rx_bytes = sample.totals.rx.bytes,
+                tx_packets = sample.totals.tx.packets,
+                tx_bytes = sample.totals.tx.bytes,
+                invalid = sample.totals.rx.invalid_packets,
+                socket_drops = sample.totals.socket_drops,
+                "endpoint traffic"
+            );
+        }
         self.observe(Observation::Snapshot(snapshot));
     }
 

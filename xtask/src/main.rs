@@ -3,6 +3,7 @@
 //! the benchmarks.
 
 mod cmd;
+mod demo;
 mod setup;
 mod test;
 
@@ -23,6 +24,9 @@ enum Task {
     Setup,
     /// Build the eBPF object and the agent (release).
     Build,
+    /// The demo: wireguard-go peers in namespaces, the agent watching them, traffic,
+    /// a roam, garbage and a peer removal; everything torn down afterwards.
+    Demo,
     /// Run setup, then every test: unit, kernel (BPF_PROG_TEST_RUN) and end-to-end.
     Test {
         /// Skip the setup step (prerequisites already installed).
@@ -35,6 +39,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::run(),
+        Task::Demo => demo::run(),
         Task::Build => cmd::cargo(&["build", "--release", "-p", "wgpulse"]),
         Task::Test { no_setup } => test::run(!no_setup),
     };

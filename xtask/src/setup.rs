@@ -77,8 +77,8 @@ fn apt() -> anyhow::Result<()> {
 
 fn rust_src() -> anyhow::Result<()> {
     let _ = cmd::output("rustup", &["set", "auto-self-update", "disable"]);
-    let nightly_llvm = cmd::output("rustup", &["run", "nightly", "rustc", "-vV"])
-        .and_then(|v| llvm_major(&v));
+    let nightly_llvm =
+        cmd::output("rustup", &["run", "nightly", "rustc", "-vV"]).and_then(|v| llvm_major(&v));
     let toolchain = if nightly_llvm.as_deref() == Some(LLVM_MAJOR) {
         "nightly"
     } else {
@@ -86,7 +86,16 @@ fn rust_src() -> anyhow::Result<()> {
             "setup: installed nightly has LLVM {:?}, bpf-linker needs {LLVM_MAJOR}: installing {PINNED_NIGHTLY}",
             nightly_llvm
         );
-        cmd::run("rustup", &["toolchain", "install", PINNED_NIGHTLY, "--profile", "minimal"])?;
+        cmd::run(
+            "rustup",
+            &[
+                "toolchain",
+                "install",
+                PINNED_NIGHTLY,
+                "--profile",
+                "minimal",
+            ],
+        )?;
         PINNED_NIGHTLY
     };
     let installed = cmd::output(
@@ -98,7 +107,10 @@ fn rust_src() -> anyhow::Result<()> {
         println!("setup: rust-src already installed for {toolchain}");
         Ok(())
     } else {
-        cmd::run("rustup", &["component", "add", "rust-src", "--toolchain", toolchain])
+        cmd::run(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", toolchain],
+        )
     }
 }
 
@@ -142,8 +154,13 @@ fn python_tools() -> anyhow::Result<()> {
     let path = requirements.to_string_lossy().into_owned();
     let mut missing = false;
     for line in std::fs::read_to_string(&requirements)?.lines() {
-        let name = line.split(['=', '<', '>', ' ', '#']).next().unwrap_or("").trim();
-        if !name.is_empty() && cmd::output("python3", &["-m", "pip", "show", "-q", name]).is_none() {
+        let name = line
+            .split(['=', '<', '>', ' ', '#'])
+            .next()
+            .unwrap_or("")
+            .trim();
+        if !name.is_empty() && cmd::output("python3", &["-m", "pip", "show", "-q", name]).is_none()
+        {
             missing = true;
         }
     }
@@ -153,6 +170,14 @@ fn python_tools() -> anyhow::Result<()> {
     }
     cmd::run(
         "python3",
-        &["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", &path],
+        &[
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-r",
+            &path,
+        ],
     )
 }
