@@ -120,9 +120,9 @@ pub struct DirectionStats {
     pub invalid_bytes: u64,
     /// Per message type.
     pub messages: MessageCounts,
-    /// `CLOCK_BOOTTIME` ns of the last datagram (valid or not); 0 if none.
+    /// `CLOCK_MONOTONIC (coarse)` ns of the last datagram (valid or not); 0 if none.
     pub last_packet_ns: u64,
-    /// `CLOCK_BOOTTIME` ns of the last initiation or response; 0 if none.
+    /// `CLOCK_MONOTONIC (coarse)` ns of the last initiation or response; 0 if none.
     pub last_handshake_ns: u64,
 }
 
@@ -199,7 +199,7 @@ pub struct SessionState {
     pub state: u32,
     /// The peer's index for this session (0 until known).
     pub remote_index: u32,
-    /// `CLOCK_BOOTTIME` ns of the last state change.
+    /// `CLOCK_MONOTONIC (coarse)` ns of the last state change.
     pub updated_ns: u64,
 }
 
@@ -220,7 +220,7 @@ pub struct SessionEvent {
     pub kind: u32,
     /// [`ROLE_INITIATOR`] or [`ROLE_RESPONDER`] (for a handshake), 0 otherwise.
     pub role: u32,
-    /// `CLOCK_BOOTTIME` ns when the datapath saw the completing packet.
+    /// `CLOCK_MONOTONIC (coarse)` ns when the datapath saw the completing packet.
     pub timestamp_ns: u64,
     /// Our session index.
     pub local_index: u32,

@@ -9,7 +9,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_PIPE},
-    helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, classifier, map},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, TcContext},
@@ -41,6 +41,16 @@ static DEVICE_DROPS: PerCpuArray<DeviceDrops> = PerCpuArray::with_max_entries(MA
 /// Completed handshakes and endpoint changes, for userspace to act on at once.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Per device: monotonic (coarse) ns of the last handshake response we sent. Ingress
+/// data consults the session map only while a responder handshake may be waiting
+/// for its confirming data (or for an endpoint seen for the first time).
+#[map]
+static LAST_RESPONSE: Array<u64> = Array::with_max_entries(MAX_DEVICES, 0);
+
+/// How long after sending a response its confirming data is looked for: the
+/// initiator confirms within a round trip (keepalive at once if it has no data).
+const CONFIRM_WINDOW_NS: u64 = 30_000_000_000;
 
 /// Kernel structure offsets for the drop tracepoint, written by userspace from BTF.
 #[map]
@@ -134,12 +144,15 @@ struct Datagram {
 
 #[inline(always)]
 fn observe<const ETHERNET: bool, const INGRESS: bool>(ctx: &TcContext) -> Result<(), ()> {
-    match parse::<ETHERNET>(ctx) {
-        Ok(datagram) => account::<INGRESS>(ctx, &datagram),
-        Err(Skip::NotOurs) => Ok(()),
+    if let Some(parsed) = parse_direct::<ETHERNET>(ctx) {
+        return account::<INGRESS>(ctx, &parsed);
+    }
+    let parsed = match parse::<ETHERNET>(ctx).and_then(|d| load_transport(ctx, d)) {
+        Ok(parsed) => parsed,
+        Err(Skip::NotOurs) => return Ok(()),
         Err(Skip::Malformed) => {
             bump_global(|g| g.malformed += 1);
-            Ok(())
+            return Ok(());
         }
         Err(Skip::Fragment) => {
             if INGRESS {
@@ -147,9 +160,104 @@ fn observe<const ETHERNET: bool, const INGRESS: bool>(ctx: &TcContext) -> Result
             } else {
                 bump_global(|g| g.tx_fragments += 1);
             }
-            Ok(())
+            return Ok(());
+        }
+    };
+    account::<INGRESS>(ctx, &parsed)
+}
+
+/// Headers up to the first 12 bytes of the WireGuard message.
+struct Parsed {
+    family: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+    udp: [u8; UDP_HLEN],
+    /// Type, reserved bytes and indices of the message (zero if the payload is shorter).
+    head: [u8; 12],
+    udp_offset: usize,
+}
+
+/// Bytes the fast path needs in the linear part of the skb (IPv6 case).
+const DIRECT_V4: usize = 20 + UDP_HLEN + 12;
+const DIRECT_V6: usize = IPV6_HLEN + UDP_HLEN + 12;
+
+/// The fast path: untagged IPv4 without options or IPv6 without extension headers,
+/// read in place from the packet (one bounds check instead of a helper call per
+/// header). Anything else, or a frame too short, takes the general path.
+#[inline(always)]
+fn parse_direct<const ETHERNET: bool>(ctx: &TcContext) -> Option<Parsed> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let l3 = if ETHERNET { ETH_HLEN } else { 0 };
+    if start + l3 + DIRECT_V4 > end {
+        return None;
+    }
+    let at = |offset: usize| (start + offset) as *const u8;
+    // SAFETY: every read below is within [start, start + l3 + DIRECT_V4), checked above.
+    let version = unsafe { *at(l3) } >> 4;
+    if ETHERNET {
+        let ethertype = u16::from_be(unsafe { (at(12) as *const u16).read_unaligned() });
+        if !((ethertype == ETH_P_IP && version == 4) || (ethertype == ETH_P_IPV6 && version == 6)) {
+            return None;
         }
     }
+    if version == 4 {
+        let header: [u8; 20] = unsafe { (at(l3) as *const [u8; 20]).read_unaligned() };
+        let fragment = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+        if header[0] != 0x45 || header[9] != IPPROTO_UDP || fragment != 0 {
+            return None;
+        }
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src[..4].copy_from_slice(&header[12..16]);
+        dst[..4].copy_from_slice(&header[16..20]);
+        let udp_offset = l3 + 20;
+        return Some(Parsed {
+            family: FAMILY_IPV4,
+            src,
+            dst,
+            udp: unsafe { (at(udp_offset) as *const [u8; UDP_HLEN]).read_unaligned() },
+            head: unsafe { (at(udp_offset + UDP_HLEN) as *const [u8; 12]).read_unaligned() },
+            udp_offset,
+        });
+    }
+    if version != 6 || start + l3 + DIRECT_V6 > end {
+        return None;
+    }
+    // SAFETY: within [start, start + l3 + DIRECT_V6), checked above.
+    let next = unsafe { *at(l3 + 6) };
+    if next != IPPROTO_UDP {
+        return None;
+    }
+    let udp_offset = l3 + IPV6_HLEN;
+    Some(Parsed {
+        family: FAMILY_IPV6,
+        src: unsafe { (at(l3 + 8) as *const [u8; 16]).read_unaligned() },
+        dst: unsafe { (at(l3 + 24) as *const [u8; 16]).read_unaligned() },
+        udp: unsafe { (at(udp_offset) as *const [u8; UDP_HLEN]).read_unaligned() },
+        head: unsafe { (at(udp_offset + UDP_HLEN) as *const [u8; 12]).read_unaligned() },
+        udp_offset,
+    })
+}
+
+/// The general path's UDP header and message head, loaded with helpers.
+#[inline(always)]
+fn load_transport(ctx: &TcContext, datagram: Datagram) -> Result<Parsed, Skip> {
+    let udp: [u8; UDP_HLEN] = load(ctx, datagram.udp_offset)?;
+    let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+    let head = if udp_len >= UDP_HLEN + 12 {
+        load::<[u8; 12]>(ctx, datagram.udp_offset + UDP_HLEN).unwrap_or([0u8; 12])
+    } else {
+        [0u8; 12]
+    };
+    Ok(Parsed {
+        family: datagram.family,
+        src: datagram.src,
+        dst: datagram.dst,
+        udp,
+        head,
+        udp_offset: datagram.udp_offset,
+    })
 }
 
 #[inline(always)]
@@ -286,11 +394,8 @@ enum Class {
 }
 
 #[inline(always)]
-fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Datagram) -> Result<(), ()> {
-    let Ok(udp) = ctx.load::<[u8; UDP_HLEN]>(datagram.udp_offset) else {
-        bump_global(|g| g.malformed += 1);
-        return Err(());
-    };
+fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Parsed) -> Result<(), ()> {
+    let udp = datagram.udp;
     let src_port = u16::from_be_bytes([udp[0], udp[1]]);
     let dst_port = u16::from_be_bytes([udp[2], udp[3]]);
     let (local_port, remote_port, remote_addr) = if INGRESS {
@@ -321,24 +426,20 @@ fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Datagram) -> Result<
     };
 
     // Message type and indices: type byte, three reserved zero bytes, then the indices.
+    let head = datagram.head;
     let mut class = Class::Invalid;
-    let mut first_index = 0u32;
-    let mut second_index = 0u32;
     let single_len = if segments > 1 { 0 } else { payload };
-    if payload >= message::DATA_MIN_LEN {
-        let head: [u8; 12] = ctx.load(datagram.udp_offset + UDP_HLEN).map_err(|_| ())?;
-        if head[1] == 0 && head[2] == 0 && head[3] == 0 {
-            class = match head[0] {
-                message::INITIATION if single_len == message::INITIATION_LEN => Class::Initiation,
-                message::RESPONSE if single_len == message::RESPONSE_LEN => Class::Response,
-                message::COOKIE if single_len == message::COOKIE_LEN => Class::Cookie,
-                message::DATA => Class::Data,
-                _ => Class::Invalid,
-            };
-        }
-        first_index = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        second_index = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    if payload >= message::DATA_MIN_LEN && head[1] == 0 && head[2] == 0 && head[3] == 0 {
+        class = match head[0] {
+            message::INITIATION if single_len == message::INITIATION_LEN => Class::Initiation,
+            message::RESPONSE if single_len == message::RESPONSE_LEN => Class::Response,
+            message::COOKIE if single_len == message::COOKIE_LEN => Class::Cookie,
+            message::DATA => Class::Data,
+            _ => Class::Invalid,
+        };
     }
+    let first_index = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let second_index = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
 
     let key = EndpointKey {
         device,
@@ -346,8 +447,10 @@ fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Datagram) -> Result<
         port: remote_port,
         addr: remote_addr,
     };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let Some(stats) = endpoint_stats(&key) else {
+    // CLOCK_MONOTONIC_COARSE: jiffy resolution is plenty for last-seen and handshake
+    // times, and it costs a fraction of a precise clock read on every packet.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let Some((stats, fresh)) = endpoint_stats(&key) else {
         let mut first = false;
         bump_global(|g| {
             first = g.overflow_packets == 0;
@@ -391,20 +494,21 @@ fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Datagram) -> Result<
     direction.packets += packets;
     direction.bytes += payload as u64;
 
-    track_session::<INGRESS>(class, &key, first_index, second_index, now);
+    track_session::<INGRESS>(class, &key, first_index, second_index, now, fresh);
     Ok(())
 }
 
-/// The endpoint's per-CPU counters, created on first sight; `None` when the map is full.
+/// The endpoint's per-CPU counters, created on first sight (then `fresh` is true);
+/// `None` when the map is full.
 #[inline(always)]
-fn endpoint_stats(key: &EndpointKey) -> Option<*mut EndpointStats> {
+fn endpoint_stats(key: &EndpointKey) -> Option<(*mut EndpointStats, bool)> {
     if let Some(stats) = ENDPOINTS.get_ptr_mut(key) {
-        return Some(stats);
+        return Some((stats, false));
     }
     // Another CPU may create the entry between the lookup and the insert (EEXIST):
     // either way, look it up again.
     let _ = ENDPOINTS.insert(key, &ZERO_STATS, BPF_NOEXIST as u64);
-    ENDPOINTS.get_ptr_mut(key)
+    ENDPOINTS.get_ptr_mut(key).map(|stats| (stats, true))
 }
 
 /// Follows session indices: a response to our initiation, or the first data on the
@@ -417,6 +521,7 @@ fn track_session<const INGRESS: bool>(
     first_index: u32,
     second_index: u32,
     now: u64,
+    fresh_endpoint: bool,
 ) {
     let device = endpoint.device;
     match (INGRESS, class) {
@@ -432,6 +537,10 @@ fn track_session<const INGRESS: bool>(
         }
         // We respond: our sender index at 4, the initiator's index at 8.
         (false, Class::Response) => {
+            if let Some(last) = LAST_RESPONSE.get_ptr_mut(device) {
+                // SAFETY: a plain array slot; a racing writer stores a similar time.
+                unsafe { *last = now };
+            }
             let state = SessionState {
                 endpoint: *endpoint,
                 state: SESSION_RESPONSE_SENT,
@@ -467,8 +576,15 @@ fn track_session<const INGRESS: bool>(
                 }
             }
         }
-        // Data to us: our index at 4.
+        // Data to us: our index at 4. Only a response awaiting confirmation or a new
+        // endpoint (roaming) can make it an event, so the lookup is skipped otherwise.
         (true, Class::Data) => {
+            let recent_response = LAST_RESPONSE
+                .get(device)
+                .is_some_and(|last| now.wrapping_sub(*last) < CONFIRM_WINDOW_NS);
+            if !(fresh_endpoint || recent_response) {
+                return;
+            }
             let key = SessionKey {
                 device,
                 index: first_index,

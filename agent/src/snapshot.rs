@@ -126,7 +126,7 @@ pub fn has_traffic(stats: &EndpointStats) -> bool {
         > 0
 }
 
-/// Converts `CLOCK_BOOTTIME` nanoseconds of the datapath into wall-clock time.
+/// Converts the datapath's `CLOCK_MONOTONIC` (coarse) nanoseconds into wall-clock time.
 #[derive(Clone, Copy, Debug)]
 pub struct BootClock {
     wall: SystemTime,
@@ -134,26 +134,27 @@ pub struct BootClock {
 }
 
 impl BootClock {
-    /// Pairs the current wall clock with the current boot clock.
+    /// Pairs the current wall clock with the current monotonic clock.
     pub fn now() -> Self {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // SAFETY: clock_gettime writes into the timespec we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        // SAFETY: clock_gettime writes into the timespec we own. The datapath reads
+        // CLOCK_MONOTONIC_COARSE, which is CLOCK_MONOTONIC at jiffy resolution.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         Self {
             wall: SystemTime::now(),
             boot_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
         }
     }
 
-    /// Boot-clock nanoseconds of this reading.
+    /// Monotonic nanoseconds of this reading.
     pub fn boot_ns(&self) -> u64 {
         self.boot_ns
     }
 
-    /// Wall-clock time of a boot-clock timestamp; `None` for 0 (never).
+    /// Wall-clock time of a monotonic timestamp; `None` for 0 (never).
     pub fn wall(&self, boot_ns: u64) -> Option<SystemTime> {
         if boot_ns == 0 {
             return None;

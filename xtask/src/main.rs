@@ -2,6 +2,7 @@
 //! `agent/build.rs`; this crate installs prerequisites, runs the tests, the demo and
 //! the benchmarks.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -27,6 +28,14 @@ enum Task {
     /// The demo: wireguard-go peers in namespaces, the agent watching them, traffic,
     /// a roam, garbage and a peer removal; everything torn down afterwards.
     Demo,
+    /// Benchmarks (medians of repeated runs, ratios measured side by side).
+    Bench {
+        /// Which part: `datapath`.
+        part: Option<String>,
+        /// A reduced version for CI (checks that the bench still works).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run setup, then every test: unit, kernel (BPF_PROG_TEST_RUN) and end-to-end.
     Test {
         /// Skip the setup step (prerequisites already installed).
@@ -40,6 +49,7 @@ fn main() {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Demo => demo::run(),
+        Task::Bench { part, quick } => bench::run(part.as_deref(), quick),
         Task::Build => cmd::cargo(&["build", "--release", "-p", "wgpulse"]),
         Task::Test { no_setup } => test::run(!no_setup),
     };

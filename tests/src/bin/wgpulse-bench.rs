@@ -1,0 +1,122 @@
+//! `cargo xtask bench datapath`: the classifier's cost per packet measured with
+//! `BPF_PROG_TEST_RUN` on a private copy of the datapath, as medians over repeated
+//! rounds, each case also as a ratio to the no-op program measured in the same run.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use agent_common::programs;
+use aya::programs::{TestRun, TestRunOptions};
+use wgpulse::loader::{Datapath, LoadOptions};
+use wgpulse::testing::{self, FrameOptions};
+
+const ROUNDS: usize = 15;
+const REPEAT: u32 = 100_000;
+const NEW_PEER_SAMPLES: u16 = 3_000;
+const PORT: u16 = 51820;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+/// Median ns per packet of `frame` through `program` (averaged over REPEAT per round).
+fn per_packet(
+    datapath: &mut Datapath,
+    program: &'static str,
+    frame: &[u8],
+    repeat: u32,
+    rounds: usize,
+) -> f64 {
+    let classifier = datapath.classifier(program).expect("program");
+    let samples = (0..rounds)
+        .map(|_| {
+            let result = classifier
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    repeat,
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+            result.duration.as_nanos() as f64
+        })
+        .collect();
+    median(samples)
+}
+
+fn datapath() -> Datapath {
+    let mut datapath = Datapath::load(&LoadOptions {
+        max_peers: 65_536,
+        attach_drop_counter: false,
+    })
+    .expect("loading the datapath (run as root)");
+    datapath
+        .set_ports(&HashMap::from([(PORT, 0)]))
+        .expect("port map");
+    datapath
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, repeat) = if quick { (5, 20_000) } else { (ROUNDS, REPEAT) };
+    let local4: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+    let remote4: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let local6: SocketAddr = "[2001:db8::1]:51820".parse().unwrap();
+    let remote6: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+    let plain = FrameOptions::default();
+    let data4 = testing::udp_frame(remote4, local4, &testing::data(1, 0, 1400), &plain);
+    let data6 = testing::udp_frame(remote6, local6, &testing::data(1, 0, 1400), &plain);
+    let initiation = testing::udp_frame(remote4, local4, &testing::initiation(7), &plain);
+    let other = testing::udp_frame(
+        remote4,
+        "192.0.2.1:53".parse().unwrap(),
+        &testing::data(1, 0, 1400),
+        &plain,
+    );
+
+    let mut dp = datapath();
+    let noop = per_packet(&mut dp, programs::NOOP, &data4, repeat, rounds);
+    // Known peer: the first run creates the endpoint entry, the measured runs find it.
+    per_packet(&mut dp, programs::INGRESS, &data4, 1, 1);
+    per_packet(&mut dp, programs::INGRESS, &data6, 1, 1);
+    let known4 = per_packet(&mut dp, programs::INGRESS, &data4, repeat, rounds);
+    let known6 = per_packet(&mut dp, programs::INGRESS, &data6, repeat, rounds);
+    let handshake = per_packet(&mut dp, programs::INGRESS, &initiation, repeat, rounds);
+    let other_udp = per_packet(&mut dp, programs::INGRESS, &other, repeat, rounds);
+    // New peer: every sample is a first packet from a new endpoint (map insert).
+    let mut fresh = datapath();
+    let samples = (0..if quick { 500 } else { NEW_PEER_SAMPLES })
+        .map(|i| {
+            let from = SocketAddr::new(remote4.ip(), 10_000 + i);
+            let frame = testing::udp_frame(from, local4, &testing::data(1, 0, 1400), &plain);
+            per_packet(&mut fresh, programs::INGRESS, &frame, 1, 1)
+        })
+        .collect();
+    let new_peer = median(samples);
+
+    println!(
+        "datapath cost per packet (BPF_PROG_TEST_RUN, median of {rounds} rounds x {repeat} runs)"
+    );
+    println!("{:<34} {:>10} {:>10}", "case", "ns/packet", "x no-op");
+    for (case, ns) in [
+        ("no-op program", noop),
+        ("transport, known peer, IPv4", known4),
+        ("transport, known peer, IPv6", known6),
+        ("handshake initiation", handshake),
+        ("new peer's first packet", new_peer),
+        ("UDP to another port", other_udp),
+    ] {
+        println!("{case:<34} {ns:>10.1} {:>10.2}", ns / noop);
+    }
+    let worst_known = known4.max(known6);
+    println!(
+        "target: known-peer transport <= 120 ns and <= 6x no-op: {:.1} ns, {:.2}x -> {}",
+        worst_known,
+        worst_known / noop,
+        if worst_known <= 120.0 && worst_known / noop <= 6.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}
