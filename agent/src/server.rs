@@ -23,7 +23,10 @@ impl MetricsConfig {
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(("listen".into(), format!("{:?} is not an address:port", self.listen)));
+            problems.push((
+                "listen".into(),
+                format!("{:?} is not an address:port", self.listen),
+            ));
         }
         problems
     }

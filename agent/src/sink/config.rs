@@ -17,7 +17,10 @@ impl WebhookConfig {
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            problems.push(("url".into(), format!("{:?} is not an http or https URL", self.url)));
+            problems.push((
+                "url".into(),
+                format!("{:?} is not an http or https URL", self.url),
+            ));
         }
         problems
     }

@@ -62,6 +62,22 @@ pub struct Peer {
     pub has_preshared_key: bool,
 }
 
+impl Peer {
+    /// A peer with only its key known (the readers fill in the rest).
+    pub fn new(public_key: PublicKey) -> Self {
+        Self {
+            public_key,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: 0,
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            has_preshared_key: false,
+        }
+    }
+}
+
 /// Where and what to discover.
 #[derive(Clone, Debug)]
 pub struct DiscoveryOptions {

@@ -243,16 +243,7 @@ fn merge_peer(peers: &mut Vec<Peer>, attributes: Vec<WireguardPeerAttribute>) {
     };
     let continued = peers.last().is_some_and(|p| p.public_key == key);
     if !continued {
-        peers.push(Peer {
-            public_key: key,
-            endpoint: None,
-            allowed_ips: Vec::new(),
-            persistent_keepalive: 0,
-            last_handshake: None,
-            rx_bytes: 0,
-            tx_bytes: 0,
-            has_preshared_key: false,
-        });
+        peers.push(Peer::new(key));
     }
     let peer = peers.last_mut().expect("pushed above");
     for attribute in attributes {

@@ -166,16 +166,7 @@ pub fn parse_get_response(name: &str, reply: &str) -> Result<Device, UapiError> 
                 handshake_nsec = 0;
                 let public_key = PublicKey::from_hex(value)
                     .map_err(|e| parse_error(line, format!("public_key: {e}")))?;
-                peer = Some(Peer {
-                    public_key,
-                    endpoint: None,
-                    allowed_ips: Vec::new(),
-                    persistent_keepalive: 0,
-                    last_handshake: None,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    has_preshared_key: false,
-                });
+                peer = Some(Peer::new(public_key));
             }
             "errno" => {
                 errno = Some(
