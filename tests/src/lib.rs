@@ -2,52 +2,58 @@
 //! real WireGuard (wireguard-go) in them, tshark captures as the wire oracle and
 //! `wg show` as WireGuard's own. Every guard removes what it created on drop, also
 //! when the test panics; names are unique per process so suites can run side by side.
+//!
+//! ```no_run
+//! use wgpulse_tests::capture::Capture;
+//! use wgpulse_tests::wireguard::{Underlay, WgPair};
+//!
+//! wgpulse_tests::require_root_and_tools();
+//! let pair = WgPair::new(Underlay::V4);
+//! let capture = Capture::with_filter(&pair.b, &pair.link.b.name, "udp");
+//! wgpulse_tests::traffic::ping(&pair.a, pair.tunnel_addr_b(false), 3);
+//! let packets = capture.stop();
+//! assert!(packets.iter().any(|p| p.payload == 148 && p.first_byte == Some(1)));
+//! assert!(pair.wg_a.peer(&pair.wg_b.keys.public).latest_handshake > 0);
+//! ```
 
 pub mod capture;
+pub mod names;
 pub mod netns;
 pub mod process;
+pub mod traffic;
+pub mod wgshow;
 pub mod wireguard;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+pub use names::{unique_name, unique_octet};
 
-/// A name unique on this host for this process: `<prefix><pid % 10000><n>`,
-/// at most 15 characters (IFNAMSIZ - 1).
-pub fn unique_name(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
-    assert!(name.len() <= 15, "name {name} too long for an interface");
-    name
-}
+/// The tools the harness and the end-to-end tests run.
+pub const TOOLS: &[&str] = &[
+    "ip",
+    "wg",
+    "wireguard-go",
+    "tshark",
+    "ping",
+    "iperf3",
+    "ss",
+    "timeout",
+    "python3",
+];
 
-/// A small number unique per process and call, for address blocks (1..=250).
-pub fn unique_octet() -> u8 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    ((std::process::id().wrapping_mul(7) + n * 13) % 250 + 1) as u8
-}
-
-/// Panics with a clear message unless running as root with every tool the
-/// end-to-end tests use.
+/// Panics with a clear message unless running as root with every tool in [`TOOLS`]
+/// on `PATH`, naming the first one missing.
 pub fn require_root_and_tools() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "end-to-end tests must run as root"
+        euid, 0,
+        "end-to-end tests must run as root (euid is {euid})"
     );
-    for tool in [
-        "ip",
-        "wg",
-        "wireguard-go",
-        "tshark",
-        "ping",
-        "iperf3",
-        "python3",
-    ] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        assert!(found, "{tool} is not installed: run `cargo xtask setup`");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for tool in TOOLS {
+        let found = std::env::split_paths(&path).any(|dir| dir.join(tool).is_file());
+        assert!(
+            found,
+            "`{tool}` is not installed (or not on PATH): the end-to-end tests need it; run `cargo xtask setup`"
+        );
     }
 }
