@@ -107,7 +107,8 @@ impl Capture {
     }
 
     /// Captures what the BPF capture filter `filter` (pcap-filter(7) syntax, e.g.
-    /// `udp port 51820`) lets through on `iface` in `ns`, and returns once the
+    /// `udp port 51820`; empty for everything) lets through on `iface` in `ns`, and
+    /// returns once the
     /// capture is live. Markers go from `ns` to ff02::1 on `iface`; if the interface
     /// has no IPv6 the capture relies on tshark's "Capture started" instead.
     pub fn with_filter(ns: &NetNs, iface: &str, filter: &str) -> Self {
@@ -125,22 +126,20 @@ impl Capture {
 
     fn launch(ns: &NetNs, iface: &str, filter: &str, marker: Marker) -> Self {
         let file = std::env::temp_dir().join(format!("{}.pcapng", crate::unique_name("cap")));
-        let full_filter = format!("({filter}) or (udp dst port {MARKER_PORT})");
+        // An empty filter captures everything, markers included.
+        let full_filter = if filter.trim().is_empty() {
+            String::new()
+        } else {
+            format!("({filter}) or (udp dst port {MARKER_PORT})")
+        };
         // -q: no per-packet output; -n: no name lookups; -B: a 64 MiB kernel buffer
         // so bursts (iperf3) are not dropped while dumpcap writes.
-        let tshark = ns.spawn(&[
-            "tshark",
-            "-q",
-            "-n",
-            "-B",
-            "64",
-            "-i",
-            iface,
-            "-f",
-            &full_filter,
-            "-w",
-            file.to_str().expect("UTF-8 temp dir"),
-        ]);
+        let path = file.to_str().expect("UTF-8 temp dir");
+        let mut args = vec!["tshark", "-q", "-n", "-B", "64", "-i", iface, "-w", path];
+        if !full_filter.is_empty() {
+            args.extend(["-f", &full_filter]);
+        }
+        let tshark = ns.spawn(&args);
         let mut capture = Self {
             tshark,
             file,
