@@ -106,30 +106,54 @@ pub enum DiscoveryError {
 
 /// Every WireGuard device visible from the calling thread's network namespace:
 /// kernel devices over generic netlink and userspace devices over their UAPI
-/// sockets, filtered by `options.only`, sorted by name.
+/// sockets in `options.socket_dir`, filtered by `options.only` (empty: all), sorted
+/// by name. A name served by both (should not happen) is reported as the kernel one.
 ///
 /// UAPI sockets are shared by all network namespaces, so a userspace device is
-/// reported only if an interface of its name exists here. One broken device (dead
-/// socket, timeout, garbage) is skipped with a warning and does not hide the others.
+/// reported only if an interface of its name exists here (`if_nametoindex`); others
+/// are skipped at debug level. One broken device (dead socket, timeout, garbage) is
+/// skipped with a warning naming it and does not hide the others. The only error is
+/// failing to talk netlink at all; a kernel without WireGuard just has no kernel
+/// devices.
 pub fn discover(options: &DiscoveryOptions) -> Result<Vec<Device>, DiscoveryError> {
+    let kernel = netlink::kernel_devices()?;
+    Ok(combine(options, kernel, |name| {
+        nix::net::if_::if_nametoindex(name).is_ok()
+    }))
+}
+
+/// [`discover`] given the kernel devices and how to tell whether an interface exists
+/// in the caller's namespace.
+fn combine(
+    options: &DiscoveryOptions,
+    kernel: Vec<Device>,
+    exists_here: impl Fn(&str) -> bool,
+) -> Vec<Device> {
     let wanted = |name: &str| options.only.is_empty() || options.only.iter().any(|n| n == name);
-    let mut devices: Vec<Device> = netlink::kernel_devices()?
-        .into_iter()
-        .filter(|d| wanted(&d.name))
-        .collect();
+    let mut devices: Vec<Device> = kernel.into_iter().filter(|d| wanted(&d.name)).collect();
     for name in uapi::list_sockets(&options.socket_dir) {
-        if !wanted(&name) || devices.iter().any(|d| d.name == name) {
+        if !wanted(&name) {
             continue;
         }
-        if nix::net::if_::if_nametoindex(name.as_str()).is_err() {
+        if devices.iter().any(|d| d.name == name) {
+            tracing::debug!(device = %name, "UAPI socket named like a kernel device: ignored");
+            continue;
+        }
+        if !exists_here(&name) {
             tracing::debug!(device = %name, "UAPI socket of a device in another network namespace: skipped");
             continue;
         }
         match uapi::read_device(&options.socket_dir, &name) {
             Ok(device) => devices.push(device),
-            Err(err) => tracing::warn!(device = %name, "skipping device: {err}"),
+            Err(err) => {
+                tracing::warn!(device = %name, "skipping userspace WireGuard device: {err}")
+            }
         }
     }
     devices.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(devices)
+    devices
 }
+
+#[cfg(test)]
+#[path = "discover_tests.rs"]
+mod tests;
