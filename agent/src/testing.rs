@@ -149,3 +149,15 @@ pub fn data(receiver: u32, counter: u64, len: usize) -> Vec<u8> {
     m[8..16].copy_from_slice(&counter.to_le_bytes());
     m
 }
+
+/// Polls `condition` every millisecond until it holds; panics after 10 s naming `what`.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

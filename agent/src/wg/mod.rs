@@ -15,7 +15,7 @@ use std::time::SystemTime;
 pub use key::PublicKey;
 
 /// Where a device's configuration comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceKind {
     /// In-kernel WireGuard, read over generic netlink.

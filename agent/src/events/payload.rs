@@ -1,0 +1,127 @@
+//! Event payloads with wg-portal's field names (its Peer, Interface and PeerStatus
+//! models), filled with what the agent knows. Fields wg-portal has that the agent
+//! cannot know (user, DNS, MTU, hooks) are left out, as wg-portal itself omits empty
+//! fields. `PrivateKey` and `PresharedKey` are never present: the agent never holds
+//! them. Fields we add have names wg-portal does not use.
+
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+
+use crate::peers::{DeviceState, DisconnectReason, PeerState};
+use crate::wg::{DeviceKind, PublicKey};
+
+/// Who wg-portal's `CreatedBy`/`UpdatedBy` name: the agent observed it.
+pub const CREATED_BY: &str = "wgpulse";
+
+/// RFC 3339 with nanoseconds, UTC; `null` for never.
+pub fn time(at: Option<SystemTime>) -> Value {
+    match at {
+        Some(at) => Value::String(
+            time::OffsetDateTime::from(at)
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("a SystemTime formats as RFC 3339"),
+        ),
+        None => Value::Null,
+    }
+}
+
+/// wg-portal's default display name: `Peer ` and the key's first 8 characters.
+pub fn display_name(public_key: &PublicKey) -> String {
+    let key = public_key.to_base64();
+    format!("Peer {}", &key[..8])
+}
+
+fn driver(kind: DeviceKind) -> &'static str {
+    match kind {
+        DeviceKind::Kernel => "kernel",
+        DeviceKind::Userspace => "userspace",
+    }
+}
+
+/// A `peer` payload (wg-portal's Peer model).
+pub fn peer(peer: &PeerState, device_public_key: Option<PublicKey>, changed: &[&str]) -> Value {
+    let mut value = json!({
+        "CreatedBy": CREATED_BY,
+        "UpdatedBy": CREATED_BY,
+        "CreatedAt": time(Some(peer.created_at)),
+        "UpdatedAt": time(Some(peer.updated_at)),
+        "Endpoint": peer.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+        "EndpointPublicKey": device_public_key.map(|k| k.to_base64()).unwrap_or_default(),
+        "AllowedIPsStr": peer.allowed_ips.join(","),
+        "ExtraAllowedIPsStr": "",
+        "PersistentKeepalive": peer.persistent_keepalive,
+        "DisplayName": display_name(&peer.key.public_key),
+        "Identifier": peer.key.public_key.to_base64(),
+        "InterfaceIdentifier": peer.key.device,
+        "AutomaticallyCreated": false,
+        "PublicKey": peer.key.public_key.to_base64(),
+        "HasPresharedKey": peer.has_preshared_key,
+    });
+    if !changed.is_empty() {
+        value["ChangedFields"] = json!(changed);
+    }
+    value
+}
+
+/// An `interface` payload (wg-portal's Interface model).
+pub fn interface(device: &DeviceState, changed: &[&str]) -> Value {
+    let mut value = json!({
+        "CreatedBy": CREATED_BY,
+        "UpdatedBy": CREATED_BY,
+        "CreatedAt": time(Some(device.created_at)),
+        "UpdatedAt": time(Some(device.updated_at)),
+        "Identifier": device.name,
+        "DisplayName": device.name,
+        "PublicKey": device.public_key.map(|k| k.to_base64()).unwrap_or_default(),
+        "ListenPort": device.listen_port,
+        "FirewallMark": device.fwmark,
+        "DriverType": driver(device.kind),
+    });
+    if !changed.is_empty() {
+        value["ChangedFields"] = json!(changed);
+    }
+    value
+}
+
+/// A `peer_metric` payload: `{"Status": PeerStatus, "Peer": Peer}`. `BytesReceived`
+/// and `BytesTransmitted` are WireGuard's own counters (as wg-portal reports them,
+/// as of the last device read); the wire view is beside them.
+pub fn peer_metric(
+    state: &PeerState,
+    device_public_key: Option<PublicKey>,
+    reason: Option<DisconnectReason>,
+) -> Value {
+    let updated_at = if state.connected {
+        state.connected_since
+    } else {
+        state.disconnected_at
+    };
+    let mut status = json!({
+        "UpdatedAt": time(updated_at.or(Some(SystemTime::now()))),
+        "IsConnected": state.connected,
+        "IsPingable": false,
+        "LastPing": Value::Null,
+        "BytesReceived": state.wg.rx_bytes,
+        "BytesTransmitted": state.wg.tx_bytes,
+        "Endpoint": state.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+        "LastHandshake": time(state.last_handshake),
+        "LastSessionStart": time(state.session_start),
+        "HandshakesCompleted": state.handshakes_completed(),
+        "HandshakesInitiated": state.handshakes_initiated,
+        "HandshakesResponded": state.handshakes_responded,
+        "WireBytesReceived": state.wire.rx_bytes,
+        "WireBytesTransmitted": state.wire.tx_bytes,
+        "WirePacketsReceived": state.wire.rx_packets,
+        "WirePacketsTransmitted": state.wire.tx_packets,
+        "InvalidPackets": state.wire.rx_invalid_packets,
+        "SocketDrops": state.wire.socket_drops,
+    });
+    if let Some(reason) = reason {
+        status["DisconnectReason"] = json!(reason);
+    }
+    json!({
+        "Status": status,
+        "Peer": peer(state, device_public_key, &[]),
+    })
+}

@@ -1,0 +1,252 @@
+//! What the agent keeps per device and per peer: WireGuard's configuration, the
+//! connection state, the wire counters attributed from the datapath and WireGuard's
+//! own counters. These types are persisted (see [`super::persist`]) and read by the
+//! metrics, the API and the event payloads.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::EndpointStats;
+use crate::wg::{DeviceKind, PublicKey};
+
+/// A peer is identified by its device and its public key: the same key may be a peer
+/// of two devices on one host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeerKey {
+    /// The WireGuard device (interface name).
+    pub device: String,
+    /// The peer's public key.
+    pub public_key: PublicKey,
+}
+
+/// One WireGuard device as the agent keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// Interface name.
+    pub name: String,
+    /// Kernel or userspace implementation.
+    pub kind: DeviceKind,
+    /// The device's public key, if it has a private key.
+    pub public_key: Option<PublicKey>,
+    /// UDP listen port.
+    pub listen_port: u16,
+    /// Firewall mark (0: none).
+    pub fwmark: u32,
+    /// When the agent first saw the device.
+    pub created_at: SystemTime,
+    /// When the agent last saw its configuration change.
+    pub updated_at: SystemTime,
+    /// Traffic on the device's port from endpoints that belong to no peer.
+    pub unknown: UnknownTraffic,
+}
+
+/// Traffic on a device's port that no peer owns: stray senders, scanners, peers that
+/// were removed. Kept apart and never mixed into a peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnknownTraffic {
+    /// Counters over every unknown endpoint.
+    pub totals: WireCounters,
+    /// Distinct unknown endpoints seen (also those beyond [`UNKNOWN_ENDPOINTS_KEPT`]).
+    pub endpoints_seen: u64,
+    /// Completed handshakes whose endpoint belonged to no peer even after a re-read.
+    pub handshakes_completed: u64,
+    /// Per-endpoint counters of the most recently active unknown endpoints.
+    pub endpoints: Vec<UnknownEndpoint>,
+}
+
+/// How many unknown endpoints are kept one by one per device (a scanner spraying
+/// source addresses must not grow memory without bound; the totals stay exact).
+pub const UNKNOWN_ENDPOINTS_KEPT: usize = 256;
+
+/// One unknown endpoint's traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnknownEndpoint {
+    /// The remote address.
+    pub endpoint: SocketAddr,
+    /// Its counters.
+    pub counters: WireCounters,
+    /// Last time traffic from or to it was drained.
+    pub last_seen: SystemTime,
+}
+
+/// Counters of the wire view (the datapath) for one peer or one set of endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireCounters {
+    /// Valid WireGuard datagrams received.
+    pub rx_packets: u64,
+    /// Their UDP payload bytes.
+    pub rx_bytes: u64,
+    /// Valid WireGuard datagrams sent.
+    pub tx_packets: u64,
+    /// Their UDP payload bytes.
+    pub tx_bytes: u64,
+    /// Received datagrams that are not WireGuard messages.
+    pub rx_invalid_packets: u64,
+    /// Their bytes.
+    pub rx_invalid_bytes: u64,
+    /// Handshake messages by direction and type.
+    pub handshakes: HandshakeMessages,
+    /// Datagrams the socket dropped before WireGuard read them.
+    pub socket_drops: u64,
+    /// Their bytes.
+    pub socket_drop_bytes: u64,
+}
+
+/// Handshake messages seen on the wire, by direction and type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeMessages {
+    /// Initiations received.
+    pub rx_initiations: u64,
+    /// Responses received.
+    pub rx_responses: u64,
+    /// Cookie replies received.
+    pub rx_cookies: u64,
+    /// Initiations sent.
+    pub tx_initiations: u64,
+    /// Responses sent.
+    pub tx_responses: u64,
+    /// Cookie replies sent.
+    pub tx_cookies: u64,
+}
+
+impl WireCounters {
+    /// Adds a drained per-endpoint delta.
+    pub fn add(&mut self, delta: &EndpointStats) {
+        self.rx_packets += delta.rx.packets;
+        self.rx_bytes += delta.rx.bytes;
+        self.tx_packets += delta.tx.packets;
+        self.tx_bytes += delta.tx.bytes;
+        self.rx_invalid_packets += delta.rx.invalid_packets;
+        self.rx_invalid_bytes += delta.rx.invalid_bytes;
+        self.handshakes.rx_initiations += delta.rx.messages.initiations;
+        self.handshakes.rx_responses += delta.rx.messages.responses;
+        self.handshakes.rx_cookies += delta.rx.messages.cookies;
+        self.handshakes.tx_initiations += delta.tx.messages.initiations;
+        self.handshakes.tx_responses += delta.tx.messages.responses;
+        self.handshakes.tx_cookies += delta.tx.messages.cookies;
+        self.socket_drops += delta.socket_drops;
+        self.socket_drop_bytes += delta.socket_drop_bytes;
+    }
+
+    /// Adds another set of counters.
+    pub fn add_counters(&mut self, other: &WireCounters) {
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_packets += other.tx_packets;
+        self.tx_bytes += other.tx_bytes;
+        self.rx_invalid_packets += other.rx_invalid_packets;
+        self.rx_invalid_bytes += other.rx_invalid_bytes;
+        self.handshakes.rx_initiations += other.handshakes.rx_initiations;
+        self.handshakes.rx_responses += other.handshakes.rx_responses;
+        self.handshakes.rx_cookies += other.handshakes.rx_cookies;
+        self.handshakes.tx_initiations += other.handshakes.tx_initiations;
+        self.handshakes.tx_responses += other.handshakes.tx_responses;
+        self.handshakes.tx_cookies += other.handshakes.tx_cookies;
+        self.socket_drops += other.socket_drops;
+        self.socket_drop_bytes += other.socket_drop_bytes;
+    }
+}
+
+/// WireGuard's own transfer counters (`wg show transfer`), made monotonic: when the
+/// device is recreated its counters restart at zero, and the agent keeps counting from
+/// where it was instead of going backwards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgCounters {
+    /// Bytes WireGuard accepted from the peer, monotonic.
+    pub rx_bytes: u64,
+    /// Bytes WireGuard sent to the peer, monotonic.
+    pub tx_bytes: u64,
+    /// The last raw value WireGuard reported (to detect a reset).
+    pub raw_rx_bytes: u64,
+    /// The last raw value WireGuard reported.
+    pub raw_tx_bytes: u64,
+    /// How many times the raw counters went backwards (device or peer recreated).
+    pub resets: u64,
+}
+
+impl WgCounters {
+    /// Starts from the first reading (what WireGuard counted before the agent saw it
+    /// is WireGuard's total, so it is taken as is).
+    pub fn first(rx: u64, tx: u64) -> Self {
+        Self {
+            rx_bytes: rx,
+            tx_bytes: tx,
+            raw_rx_bytes: rx,
+            raw_tx_bytes: tx,
+            resets: 0,
+        }
+    }
+
+    /// Folds in a new reading.
+    pub fn update(&mut self, rx: u64, tx: u64) {
+        if rx < self.raw_rx_bytes || tx < self.raw_tx_bytes {
+            // The counters restarted: everything counted since the restart is new.
+            self.resets += 1;
+            self.rx_bytes += rx;
+            self.tx_bytes += tx;
+        } else {
+            self.rx_bytes += rx - self.raw_rx_bytes;
+            self.tx_bytes += tx - self.raw_tx_bytes;
+        }
+        self.raw_rx_bytes = rx;
+        self.raw_tx_bytes = tx;
+    }
+}
+
+/// One peer as the agent keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerState {
+    /// Device and public key.
+    pub key: PeerKey,
+    /// The endpoint the peer uses now (WireGuard's, or the datapath's when it saw a roam
+    /// first).
+    pub endpoint: Option<SocketAddr>,
+    /// Allowed IPs as WireGuard lists them.
+    pub allowed_ips: Vec<String>,
+    /// Persistent keepalive in seconds (0: off).
+    pub persistent_keepalive: u16,
+    /// Whether a preshared key is configured (never the key).
+    pub has_preshared_key: bool,
+    /// Connected: the last completed handshake is younger than `disconnect_after`.
+    pub connected: bool,
+    /// Start of the current connected period (the handshake that connected it).
+    pub connected_since: Option<SystemTime>,
+    /// End of the last connected period.
+    pub disconnected_at: Option<SystemTime>,
+    /// Last completed handshake (the datapath's notice or WireGuard's, the later).
+    pub last_handshake: Option<SystemTime>,
+    /// When the handshake that started the current (or last) session completed.
+    pub session_start: Option<SystemTime>,
+    /// Completed handshakes the datapath saw, as initiator.
+    pub handshakes_initiated: u64,
+    /// Completed handshakes the datapath saw, as responder.
+    pub handshakes_responded: u64,
+    /// Wire counters attributed to the peer.
+    pub wire: WireCounters,
+    /// WireGuard's own counters.
+    pub wg: WgCounters,
+    /// Last datagram received from the peer (wire).
+    pub last_rx: Option<SystemTime>,
+    /// Last datagram sent to the peer (wire).
+    pub last_tx: Option<SystemTime>,
+    /// When the agent first saw the peer.
+    pub created_at: SystemTime,
+    /// When the agent last saw its configuration change.
+    pub updated_at: SystemTime,
+    /// WireGuard's endpoint at the last device read (to tell WireGuard's roams from
+    /// a read that has not caught up with the datapath yet).
+    #[serde(default)]
+    pub wg_endpoint: Option<SocketAddr>,
+    /// When the datapath last moved the endpoint (a roam notice).
+    #[serde(default)]
+    pub endpoint_noticed_at: Option<SystemTime>,
+}
+
+impl PeerState {
+    /// Completed handshakes the datapath saw, both roles.
+    pub fn handshakes_completed(&self) -> u64 {
+        self.handshakes_initiated + self.handshakes_responded
+    }
+}
