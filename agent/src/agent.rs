@@ -1,12 +1,13 @@
 //! The agent's run loop: loads and attaches the datapath, keeps the port map and the
-//! attachments in step with WireGuard devices and interfaces, and consumes the drain's
-//! snapshots and session notices. Stopping it detaches everything.
+//! attachments in step with WireGuard devices and interfaces, feeds the drain's
+//! snapshots and session notices into the peer table, and sends the table's changes
+//! as events on the event queue. Stopping it saves the state and detaches everything.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::RecvTimeoutError;
 
@@ -14,7 +15,11 @@ use crate::config::Config;
 use crate::drain::{Drain, DrainError};
 use crate::links;
 use crate::loader::{Datapath, DeviceIds, LoadOptions, LoaderError};
+use crate::events::{self, EventQueue};
+use crate::peers::persist::{PersistError, StateFile};
+use crate::peers::{Change, PeerTable, WireSample};
 use crate::snapshot::{DatapathMessage, SessionNotice, Snapshot};
+use crate::status::{AgentStatus, Shared};
 use crate::wg::{self, Device, DiscoveryOptions};
 
 /// Errors starting the agent.
@@ -49,9 +54,15 @@ pub enum Observation {
 pub struct RunningAgent {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 impl RunningAgent {
+    /// The live peer table and stage health.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Stops the threads and waits for them; the datapath is detached when the
     /// pipeline thread exits.
     pub fn stop(mut self) {
@@ -72,11 +83,13 @@ impl Drop for RunningAgent {
     }
 }
 
-/// Loads the datapath and starts the drain and pipeline threads. `observer`, if
-/// given, receives every device list, snapshot and notice (never blocking the agent:
-/// observations are dropped when it is full).
+/// Loads the datapath and starts the drain and pipeline threads. Events go to
+/// `events` (the pipeline blocks while it is full); `observer`, if given, receives
+/// every device list, snapshot and notice (never blocking the agent: observations
+/// are dropped when it is full).
 pub fn start(
     config: Config,
+    events: EventQueue,
     observer: Option<crossbeam_channel::Sender<Observation>>,
 ) -> Result<RunningAgent, AgentError> {
     let mut datapath = Datapath::load(&LoadOptions {
@@ -91,6 +104,17 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let (send, receive) = crossbeam_channel::bounded(DATAPATH_CHANNEL);
 
+    let state_file = StateFile::new(&config.state_dir);
+    let table = load_table(&state_file, config.disconnect_after);
+    let shared = Arc::new(Shared {
+        table: RwLock::new(table),
+        status: RwLock::new(AgentStatus {
+            map_capacity: config.max_peers,
+            ..Default::default()
+        }),
+        events: events.stats(),
+    });
+
     let drain_stop = stop.clone();
     let interval = config.drain_interval;
     let drain_thread = std::thread::Builder::new()
@@ -99,11 +123,15 @@ pub fn start(
         .map_err(|e| AgentError::Thread("drain", e))?;
 
     let mut pipeline = Pipeline {
+        node: config.node_id(),
         config,
         datapath,
         ids: DeviceIds::default(),
         devices: Vec::new(),
         observer,
+        shared: shared.clone(),
+        events,
+        state_file,
     };
     let pipeline_stop = stop.clone();
     let pipeline_thread = std::thread::Builder::new()
@@ -113,16 +141,51 @@ pub fn start(
     Ok(RunningAgent {
         stop,
         threads: vec![drain_thread, pipeline_thread],
+        shared,
     })
 }
 
-/// Owns the datapath's control side and turns drained data into state.
+/// The persisted table, or a fresh one when there is none or it cannot be read (an
+/// unreadable file is moved aside, not overwritten).
+fn load_table(file: &StateFile, disconnect_after: Duration) -> PeerTable {
+    match file.load() {
+        Ok(Some(saved)) => {
+            tracing::info!(
+                path = %file.path().display(),
+                peers = saved.peers.len(),
+                "resuming from saved peer state"
+            );
+            PeerTable::restore(saved, disconnect_after)
+        }
+        Ok(None) => {
+            tracing::info!(path = %file.path().display(), "no saved peer state: the first device read is the baseline");
+            PeerTable::new(disconnect_after)
+        }
+        Err(err @ PersistError::Invalid { .. }) => {
+            match file.set_aside() {
+                Ok(aside) => tracing::error!("{err}; moved to {} and starting fresh", aside.display()),
+                Err(move_err) => tracing::error!("{err}; could not move it aside ({move_err}); starting fresh"),
+            }
+            PeerTable::new(disconnect_after)
+        }
+        Err(err) => {
+            tracing::error!("{err}; starting fresh");
+            PeerTable::new(disconnect_after)
+        }
+    }
+}
+
+/// Owns the datapath's control side and turns drained data into state and events.
 struct Pipeline {
     config: Config,
+    node: String,
     datapath: Datapath,
     ids: DeviceIds,
     devices: Vec<Device>,
     observer: Option<crossbeam_channel::Sender<Observation>>,
+    shared: Arc<Shared>,
+    events: EventQueue,
+    state_file: StateFile,
 }
 
 impl Pipeline {
@@ -134,9 +197,15 @@ impl Pipeline {
         self.refresh();
         let mut next_refresh = Instant::now() + self.config.refresh_interval;
         while !stop.load(Ordering::Relaxed) {
-            let timeout = next_refresh
+            let mut timeout = next_refresh
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
+            if let Some(expiry) = self.table().next_expiry() {
+                let until = expiry
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                timeout = timeout.min(until);
+            }
             let mut refresh_now = false;
             match receive.recv_timeout(timeout) {
                 Ok(DatapathMessage::Snapshot(snapshot)) => self.on_snapshot(snapshot),
@@ -145,11 +214,25 @@ impl Pipeline {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if refresh_now || Instant::now() >= next_refresh {
+                if refresh_now {
+                    self.shared.status.write().expect("not poisoned").immediate_refreshes += 1;
+                }
                 self.refresh();
                 next_refresh = Instant::now() + self.config.refresh_interval;
             }
+            let changes = self.table_mut().tick(SystemTime::now());
+            self.emit(changes);
         }
+        self.save();
         self.datapath.detach_all();
+    }
+
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, PeerTable> {
+        self.shared.table.read().expect("not poisoned")
+    }
+
+    fn table_mut(&self) -> std::sync::RwLockWriteGuard<'_, PeerTable> {
+        self.shared.table.write().expect("not poisoned")
     }
 
     fn observe(&self, observation: Observation) {
@@ -158,16 +241,62 @@ impl Pipeline {
         }
     }
 
-    /// Re-reads devices and interfaces; updates the port map and the attachments.
+    /// Sends the changes as events, in order (blocking while the queue is full), then
+    /// saves the state. Sending first means a crash in between repeats an event at the
+    /// next start rather than losing it.
+    fn emit(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        for change in &changes {
+            let event = events::from_change(change, &self.node);
+            tracing::info!(
+                event = %event.kind(),
+                identifier = %event.identifier,
+                id = %event.id,
+                "event"
+            );
+            if self.events.send(event).is_err() {
+                tracing::error!("the event consumer has stopped: event not sent");
+            }
+        }
+        self.save();
+    }
+
+    fn save(&self) {
+        let state = self.table().save(SystemTime::now());
+        let result = self.state_file.save(&state);
+        let mut status = self.shared.status.write().expect("not poisoned");
+        match result {
+            Ok(()) => {
+                if status.persist_error.take().is_some() {
+                    tracing::info!("peer state saved again");
+                }
+            }
+            Err(err) => {
+                status.persist_failures += 1;
+                if status.persist_error.is_none() {
+                    tracing::error!("saving peer state (kept in memory, retried at the next change or read): {err}");
+                }
+                status.persist_error = Some(err.to_string());
+            }
+        }
+    }
+
+    /// Re-reads devices and interfaces; updates the port map, the attachments and
+    /// the peer table.
     fn refresh(&mut self) {
         let options = DiscoveryOptions {
             socket_dir: self.config.wireguard_socket_dir.clone(),
             only: self.config.devices.clone(),
         };
+        let read_started = SystemTime::now();
         let devices = match wg::discover(&options) {
             Ok(devices) => devices,
             Err(err) => {
                 tracing::warn!("reading WireGuard devices: {err}");
+                self.shared.status.write().expect("not poisoned").discovery_error =
+                    Some(err.to_string());
                 return;
             }
         };
@@ -196,6 +325,20 @@ impl Pipeline {
         }
         self.devices = devices;
         self.attach_interfaces();
+        let changes =
+            self.table_mut()
+                .apply_devices(&self.devices, read_started, SystemTime::now());
+        {
+            let mut status = self.shared.status.write().expect("not poisoned");
+            status.devices_read_at = Some(SystemTime::now());
+            status.discovery_error = None;
+            status.attached = self.datapath.attached();
+        }
+        if changes.is_empty() {
+            self.save();
+        } else {
+            self.emit(changes);
+        }
         self.observe(Observation::Devices(self.devices.clone()));
     }
 
@@ -212,6 +355,8 @@ impl Pipeline {
             Ok(wanted) => wanted,
             Err(err) => {
                 tracing::error!("{err}");
+                self.shared.status.write().expect("not poisoned").attach_error =
+                    Some(err.to_string());
                 return;
             }
         };
@@ -220,11 +365,14 @@ impl Pipeline {
                 self.datapath.detach(&name);
             }
         }
+        let mut error = None;
         for interface in &wanted {
             if let Err(err) = self.datapath.attach(interface) {
                 tracing::error!("{err}");
+                error = Some(err.to_string());
             }
         }
+        self.shared.status.write().expect("not poisoned").attach_error = error;
     }
 
     fn on_snapshot(&mut self, snapshot: Snapshot) {
@@ -235,43 +383,52 @@ impl Pipeline {
             duration = ?snapshot.duration,
             "drained"
         );
-        for sample in snapshot
+        let samples: Vec<WireSample> = snapshot
             .endpoints
             .iter()
             .filter(|s| crate::snapshot::has_traffic(&s.delta))
+            .filter_map(|s| {
+                let device = self.ids.name(s.endpoint.device)?;
+                Some(WireSample {
+                    device: device.to_owned(),
+                    endpoint: s.endpoint.addr,
+                    delta: s.delta,
+                    last_rx: s.last_rx,
+                    last_tx: s.last_tx,
+                })
+            })
+            .collect();
+        let taken_at = snapshot.taken_at.unwrap_or_else(SystemTime::now);
+        self.table_mut().apply_samples(&samples, taken_at);
         {
-            let device = self.ids.name(sample.endpoint.device).unwrap_or("?");
-            tracing::debug!(
-                device,
-                endpoint = %sample.endpoint.addr,
-                rx_packets = sample.totals.rx.packets,
-                rx_bytes = sample.totals.rx.bytes,
-                tx_packets = sample.totals.tx.packets,
-                tx_bytes = sample.totals.tx.bytes,
-                invalid = sample.totals.rx.invalid_packets,
-                socket_drops = sample.totals.socket_drops,
-                "endpoint traffic"
-            );
+            let mut status = self.shared.status.write().expect("not poisoned");
+            status.drains += 1;
+            status.last_drain = snapshot.duration;
+            status.map_entries = snapshot.map_entries;
+            status.map_capacity = snapshot.map_capacity;
+            status.globals = snapshot.globals;
         }
         self.observe(Observation::Snapshot(snapshot));
     }
 
-    /// Returns true when the notice names an endpoint no known peer has: a new peer
-    /// connected before the next refresh, so devices are re-read at once.
+    /// Applies a session notice; returns true when its endpoint belongs to no known
+    /// peer yet (a new peer, or a roam with a new handshake): devices are re-read at
+    /// once so the connect is reported within the second.
     fn on_notice(&mut self, notice: SessionNotice) -> bool {
-        tracing::info!(?notice, "session");
+        tracing::debug!(?notice, "session notice");
+        self.shared.status.write().expect("not poisoned").notices += 1;
         let endpoint = match &notice {
             SessionNotice::HandshakeComplete { endpoint, .. } => *endpoint,
             SessionNotice::EndpointChanged { endpoint, .. } => *endpoint,
         };
-        let device = self.ids.name(endpoint.device).map(str::to_owned);
-        let known = self
-            .devices
-            .iter()
-            .filter(|d| Some(&d.name) == device.as_ref())
-            .flat_map(|d| d.peers.iter())
-            .any(|p| p.endpoint == Some(endpoint.addr));
-        self.observe(Observation::Session(notice));
-        !known
+        self.observe(Observation::Session(notice.clone()));
+        let Some(device) = self.ids.name(endpoint.device).map(str::to_owned) else {
+            return false;
+        };
+        let outcome = self
+            .table_mut()
+            .apply_notice(&device, &notice, SystemTime::now());
+        self.emit(outcome.changes);
+        outcome.needs_refresh
     }
 }

@@ -21,6 +21,7 @@ pub mod peers;
 pub mod server;
 pub mod sink;
 pub mod snapshot;
+pub mod status;
 pub mod testing;
 pub mod wg;
 

@@ -8,6 +8,9 @@ use clap::Parser as _;
 use wgpulse::cli::{Cli, Command, RunArgs};
 use wgpulse::config::Config;
 
+/// Bound of the queue between the peer table and delivery.
+const EVENT_QUEUE: usize = 4096;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -51,7 +54,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let agent = wgpulse::agent::start(config, None).context("starting the agent")?;
+    let (events, received) = wgpulse::events::EventQueue::bounded(EVENT_QUEUE);
+    let consumer = std::thread::Builder::new()
+        .name("wgpulse-events".into())
+        .spawn(move || {
+            // Until webhook delivery is wired in, events are written to the log.
+            for event in received {
+                match serde_json::to_string(&event) {
+                    Ok(json) => tracing::debug!(target: "wgpulse::events::json", "{json}"),
+                    Err(err) => tracing::error!("encoding event {}: {err}", event.id),
+                }
+            }
+        })
+        .context("starting the event thread")?;
+    let agent = wgpulse::agent::start(config, events, None).context("starting the agent")?;
     runtime.block_on(async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -62,6 +78,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     agent.stop();
+    let _ = consumer.join();
     tracing::info!("stopped; datapath detached");
     Ok(())
 }

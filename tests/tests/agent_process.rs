@@ -1,7 +1,7 @@
 //! `wgpulse run` as a process in a namespace with wireguard-go: it discovers the
-//! device over UAPI, attaches to the underlay by default selection, reports a
-//! completed handshake, and on SIGTERM exits 0 leaving none of its programs (and so
-//! none of its links) in the kernel.
+//! device over UAPI, attaches to the underlay by default selection, reports the
+//! peer's connect event, saves its state, and on SIGTERM exits 0 leaving none of its
+//! programs (and so none of its links) in the kernel.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader};
@@ -116,9 +116,8 @@ fn run_discovers_attaches_reports_and_detaches_on_sigterm() {
         "0.2",
         &format!("10.{block}.201.2"),
     ]);
-    let notice = expect_line(&lines, "HandshakeComplete", Duration::from_secs(5));
-    assert!(notice.contains("Responder"), "{notice}");
-    assert!(notice.contains(&link.a.v4.to_string()), "{notice}");
+    let connect = expect_line(&lines, "event=peer_metric.connect", Duration::from_secs(5));
+    assert!(connect.contains(&wg_a.keys.public), "{connect}");
     let ours: BTreeSet<u32> = wgpulse_programs().difference(&before).copied().collect();
     assert!(
         !ours.is_empty(),
@@ -135,5 +134,15 @@ fn run_discovers_attaches_reports_and_detaches_on_sigterm() {
         Duration::from_secs(10),
         || wgpulse_programs().is_disjoint(&ours),
     );
+    // The state survives the process: the peer is saved as connected.
+    let saved = std::fs::read_to_string(state.join("peers.json")).expect("the agent saved its state");
+    let saved: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let peer = saved["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"]["public_key"] == wg_a.keys.public.as_str())
+        .expect("the peer is in the saved state");
+    assert_eq!(peer["connected"], true, "{peer}");
     let _ = std::fs::remove_dir_all(&state);
 }

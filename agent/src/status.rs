@@ -1,0 +1,53 @@
+//! What the running agent shares with its readers (metrics, the API, tests): the live
+//! peer table and the health of each stage. Writers are the pipeline thread only;
+//! readers take a read lock and copy out what they need.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use crate::events::QueueStats;
+use crate::peers::PeerTable;
+use crate::snapshot::GlobalStats;
+
+/// Health and datapath figures of the running agent.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AgentStatus {
+    /// Interfaces the classifiers are attached to.
+    pub attached: Vec<String>,
+    /// When devices were last read successfully.
+    pub devices_read_at: Option<SystemTime>,
+    /// The last device read's error, if it failed.
+    pub discovery_error: Option<String>,
+    /// The last attach error, if any.
+    pub attach_error: Option<String>,
+    /// The last state-file write error, if the last write failed.
+    pub persist_error: Option<String>,
+    /// State-file writes that failed.
+    pub persist_failures: u64,
+    /// Drains completed.
+    pub drains: u64,
+    /// Duration of the last drain.
+    pub last_drain: Duration,
+    /// Entries in the endpoint map at the last drain.
+    pub map_entries: usize,
+    /// Capacity of the endpoint map.
+    pub map_capacity: u32,
+    /// Datapath-wide counters at the last drain.
+    #[serde(skip)]
+    pub globals: GlobalStats,
+    /// Session notices received.
+    pub notices: u64,
+    /// Device reads triggered at once by a handshake from an unknown endpoint.
+    pub immediate_refreshes: u64,
+}
+
+/// Everything the agent shares, behind one `Arc`.
+#[derive(Debug)]
+pub struct Shared {
+    /// The live peer table.
+    pub table: RwLock<PeerTable>,
+    /// Stage health.
+    pub status: RwLock<AgentStatus>,
+    /// Counters of the event queue.
+    pub events: Arc<QueueStats>,
+}
