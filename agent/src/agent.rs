@@ -13,9 +13,9 @@ use crossbeam_channel::RecvTimeoutError;
 
 use crate::config::Config;
 use crate::drain::{Drain, DrainError};
+use crate::events::{self, EventQueue};
 use crate::links;
 use crate::loader::{Datapath, DeviceIds, LoadOptions, LoaderError};
-use crate::events::{self, EventQueue};
 use crate::peers::persist::{PersistError, StateFile};
 use crate::peers::{Change, PeerTable, WireSample};
 use crate::snapshot::{DatapathMessage, SessionNotice, Snapshot};
@@ -163,8 +163,12 @@ fn load_table(file: &StateFile, disconnect_after: Duration) -> PeerTable {
         }
         Err(err @ PersistError::Invalid { .. }) => {
             match file.set_aside() {
-                Ok(aside) => tracing::error!("{err}; moved to {} and starting fresh", aside.display()),
-                Err(move_err) => tracing::error!("{err}; could not move it aside ({move_err}); starting fresh"),
+                Ok(aside) => {
+                    tracing::error!("{err}; moved to {} and starting fresh", aside.display())
+                }
+                Err(move_err) => {
+                    tracing::error!("{err}; could not move it aside ({move_err}); starting fresh")
+                }
             }
             PeerTable::new(disconnect_after)
         }
@@ -215,7 +219,11 @@ impl Pipeline {
             }
             if refresh_now || Instant::now() >= next_refresh {
                 if refresh_now {
-                    self.shared.status.write().expect("not poisoned").immediate_refreshes += 1;
+                    self.shared
+                        .status
+                        .write()
+                        .expect("not poisoned")
+                        .immediate_refreshes += 1;
                 }
                 self.refresh();
                 next_refresh = Instant::now() + self.config.refresh_interval;
@@ -295,8 +303,11 @@ impl Pipeline {
             Ok(devices) => devices,
             Err(err) => {
                 tracing::warn!("reading WireGuard devices: {err}");
-                self.shared.status.write().expect("not poisoned").discovery_error =
-                    Some(err.to_string());
+                self.shared
+                    .status
+                    .write()
+                    .expect("not poisoned")
+                    .discovery_error = Some(err.to_string());
                 return;
             }
         };
@@ -355,8 +366,11 @@ impl Pipeline {
             Ok(wanted) => wanted,
             Err(err) => {
                 tracing::error!("{err}");
-                self.shared.status.write().expect("not poisoned").attach_error =
-                    Some(err.to_string());
+                self.shared
+                    .status
+                    .write()
+                    .expect("not poisoned")
+                    .attach_error = Some(err.to_string());
                 return;
             }
         };
@@ -372,7 +386,11 @@ impl Pipeline {
                 error = Some(err.to_string());
             }
         }
-        self.shared.status.write().expect("not poisoned").attach_error = error;
+        self.shared
+            .status
+            .write()
+            .expect("not poisoned")
+            .attach_error = error;
     }
 
     fn on_snapshot(&mut self, snapshot: Snapshot) {

@@ -37,6 +37,12 @@ impl std::fmt::Debug for WgKeys {
 }
 
 impl WgKeys {
+    /// The base64 private key, only so tests can assert it never appears in what the
+    /// agent emits. Never print it.
+    pub fn private_key(&self) -> &str {
+        &self.private
+    }
+
     /// Generates a key pair with `wg genkey` and `wg pubkey`.
     pub fn generate() -> Self {
         let out = crate::process::run("wg", &["genkey"]);

@@ -135,7 +135,8 @@ fn run_discovers_attaches_reports_and_detaches_on_sigterm() {
         || wgpulse_programs().is_disjoint(&ours),
     );
     // The state survives the process: the peer is saved as connected.
-    let saved = std::fs::read_to_string(state.join("peers.json")).expect("the agent saved its state");
+    let saved =
+        std::fs::read_to_string(state.join("peers.json")).expect("the agent saved its state");
     let saved: serde_json::Value = serde_json::from_str(&saved).unwrap();
     let peer = saved["peers"]
         .as_array()

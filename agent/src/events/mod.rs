@@ -57,7 +57,6 @@ impl Event {
     }
 }
 
-
 /// Entity of connect/disconnect events (wg-portal's name).
 pub const ENTITY_PEER_METRIC: &str = "peer_metric";
 /// Entity of peer create/update/delete events.
@@ -191,11 +190,17 @@ mod tests {
         assert_eq!(peer["InterfaceIdentifier"], "wg0");
         assert_eq!(peer["AllowedIPsStr"], "10.0.0.7/32,fd00::7/128");
         assert_eq!(peer["PersistentKeepalive"], 25);
-        assert_eq!(peer["EndpointPublicKey"], PublicKey([9; 32]).to_base64().as_str());
+        assert_eq!(
+            peer["EndpointPublicKey"],
+            PublicKey([9; 32]).to_base64().as_str()
+        );
         assert_eq!(peer["HasPresharedKey"], true);
         let text = event_json(&event);
         for secret in ["PrivateKey", "PresharedKey", "private_key", "preshared_key"] {
-            assert!(!text.contains(&format!("\"{secret}\"")), "{secret} in {text}");
+            assert!(
+                !text.contains(&format!("\"{secret}\"")),
+                "{secret} in {text}"
+            );
         }
     }
 

@@ -101,7 +101,13 @@ mod tests {
     use super::*;
 
     fn event(n: usize) -> Event {
-        Event::new("node", "peer", "update", &n.to_string(), serde_json::Value::Null)
+        Event::new(
+            "node",
+            "peer",
+            "update",
+            &n.to_string(),
+            serde_json::Value::Null,
+        )
     }
 
     #[test]
@@ -114,9 +120,13 @@ mod tests {
             std::thread::spawn(move || queue.send(event(2)))
         };
         // The third send cannot complete until one event is taken.
-        crate::testing::wait_until("the producer to block", || queue.stats().blocked_sends() == 1);
+        crate::testing::wait_until("the producer to block", || {
+            queue.stats().blocked_sends() == 1
+        });
         assert!(!producer.is_finished());
-        let ids: Vec<String> = (0..3).map(|_| receiver.recv().unwrap().identifier).collect();
+        let ids: Vec<String> = (0..3)
+            .map(|_| receiver.recv().unwrap().identifier)
+            .collect();
         producer.join().unwrap().unwrap();
         assert_eq!(ids, ["0", "1", "2"]);
         assert_eq!(queue.stats().by_kind()["peer.update"], 3);

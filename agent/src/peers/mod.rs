@@ -353,7 +353,12 @@ impl PeerTable {
             .cloned()
             .collect();
         for key in removed {
-            self.remove_peer(&key, device_public_key, DisconnectReason::PeerRemoved, changes);
+            self.remove_peer(
+                &key,
+                device_public_key,
+                DisconnectReason::PeerRemoved,
+                changes,
+            );
         }
         for peer in &device.peers {
             let key = PeerKey {
@@ -424,9 +429,8 @@ impl PeerTable {
         let Some(mut peer) = self.peers.remove(key) else {
             return;
         };
-        self.owners.retain(|_, owner| {
-            !(*owner == key.public_key && peer.key.device == key.device)
-        });
+        self.owners
+            .retain(|_, owner| !(*owner == key.public_key && peer.key.device == key.device));
         self.former
             .retain(|id, (owner, _)| !(id.0 == key.device && *owner == key.public_key));
         if peer.connected {
@@ -473,7 +477,8 @@ impl PeerTable {
             }
         }
         // Every packet sent before a roam has now been drained.
-        self.former.retain(|_, (_, roamed_at)| *roamed_at > taken_at);
+        self.former
+            .retain(|_, (_, roamed_at)| *roamed_at > taken_at);
     }
 
     /// Applies a session notice from the datapath (`device` resolved from its id).
@@ -504,7 +509,8 @@ impl PeerTable {
                     .or_else(|| self.former.get(&id).map(|(key, _)| *key));
                 let Some(public_key) = owner else {
                     if may_wait {
-                        self.pending_notices.push((device.to_owned(), notice.clone()));
+                        self.pending_notices
+                            .push((device.to_owned(), notice.clone()));
                         outcome.needs_refresh = true;
                     } else if let Some(state) = self.devices.get_mut(device) {
                         state.unknown.handshakes_completed += 1;

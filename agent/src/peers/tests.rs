@@ -105,7 +105,9 @@ fn table_with(peers: Vec<Peer>, now: SystemTime) -> PeerTable {
     let mut table = PeerTable::new(THRESHOLD);
     let changes = table.apply_devices(&[device(peers)], now, now);
     assert!(
-        changes.iter().all(|c| matches!(c, Change::Connected { .. })),
+        changes
+            .iter()
+            .all(|c| matches!(c, Change::Connected { .. })),
         "the baseline read reports no creates: {:?}",
         names(&changes)
     );
@@ -158,12 +160,18 @@ fn silence_disconnects_at_exactly_the_threshold() {
 fn a_rekey_that_arrives_late_reconnects_once() {
     let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", None)], t(0));
     table.apply_notice(DEV, &completed("192.0.2.1:1000", t(0)), t(0));
-    assert_eq!(names(&table.tick(t(180))), ["disconnect:1:HandshakeExpired"]);
+    assert_eq!(
+        names(&table.tick(t(180))),
+        ["disconnect:1:HandshakeExpired"]
+    );
     let changes = table
         .apply_notice(DEV, &completed("192.0.2.1:1000", t(200)), t(200))
         .changes;
     assert_eq!(names(&changes), ["connect:1"]);
-    assert_eq!(table.peer(DEV, &key(1)).unwrap().session_start, Some(t(200)));
+    assert_eq!(
+        table.peer(DEV, &key(1)).unwrap().session_start,
+        Some(t(200))
+    );
 }
 
 #[test]
@@ -200,11 +208,11 @@ fn the_first_read_is_a_quiet_baseline_but_reports_who_is_connected() {
 #[test]
 fn restart_reports_only_what_changed_while_down() {
     let peers = vec![
-        wg_peer(1, "192.0.2.1:1000", Some(t(0))),   // connected, stays so
-        wg_peer(2, "192.0.2.2:1000", Some(t(0))),   // connected, expires while down
-        wg_peer(3, "192.0.2.3:1000", None),         // disconnected, connects while down
-        wg_peer(4, "192.0.2.4:1000", None),         // disconnected, stays so
-        wg_peer(5, "192.0.2.5:1000", None),         // removed while down
+        wg_peer(1, "192.0.2.1:1000", Some(t(0))), // connected, stays so
+        wg_peer(2, "192.0.2.2:1000", Some(t(0))), // connected, expires while down
+        wg_peer(3, "192.0.2.3:1000", None),       // disconnected, connects while down
+        wg_peer(4, "192.0.2.4:1000", None),       // disconnected, stays so
+        wg_peer(5, "192.0.2.5:1000", None),       // removed while down
     ];
     let mut table = table_with(peers, t(10));
     let saved = table.save(t(20));
@@ -261,7 +269,11 @@ fn roaming_moves_the_endpoint_once_and_keeps_the_traffic() {
     table.apply_samples(&[sample("192.0.2.1:1000", 3, 300)], t(2));
 
     let changes = table
-        .apply_notice(DEV, &roamed("192.0.2.1:1000", "198.51.100.9:2000", t(5)), t(5))
+        .apply_notice(
+            DEV,
+            &roamed("192.0.2.1:1000", "198.51.100.9:2000", t(5)),
+            t(5),
+        )
         .changes;
     assert_eq!(names(&changes), ["peer.Update:1[\"Endpoint\"]"]);
 
@@ -274,7 +286,11 @@ fn roaming_moves_the_endpoint_once_and_keeps_the_traffic() {
         t(6),
     );
     // A device read that began before the roam still shows the old endpoint.
-    let stale = table.apply_devices(&[device(vec![wg_peer(1, "192.0.2.1:1000", None)])], t(4), t(7));
+    let stale = table.apply_devices(
+        &[device(vec![wg_peer(1, "192.0.2.1:1000", None)])],
+        t(4),
+        t(7),
+    );
     assert!(stale.is_empty(), "stale read: {:?}", names(&stale));
     // WireGuard catches up: nothing new to report.
     let caught_up = table.apply_devices(
@@ -286,13 +302,20 @@ fn roaming_moves_the_endpoint_once_and_keeps_the_traffic() {
 
     // Later traffic from the old endpoint is no longer the peer's.
     table.apply_samples(&[sample("192.0.2.1:1000", 5, 500)], t(9));
-    table.apply_devices(&[device(vec![wg_peer(1, "198.51.100.9:2000", None)])], t(10), t(10));
+    table.apply_devices(
+        &[device(vec![wg_peer(1, "198.51.100.9:2000", None)])],
+        t(10),
+        t(10),
+    );
 
     let peer = table.peer(DEV, &key(1)).unwrap();
     assert_eq!(peer.endpoint, Some(addr("198.51.100.9:2000")));
     assert_eq!((peer.wire.rx_packets, peer.wire.rx_bytes), (6, 600));
     let unknown = &table.device(DEV).unwrap().unknown;
-    assert_eq!((unknown.totals.rx_packets, unknown.totals.rx_bytes), (5, 500));
+    assert_eq!(
+        (unknown.totals.rx_packets, unknown.totals.rx_bytes),
+        (5, 500)
+    );
 }
 
 #[test]
@@ -309,9 +332,17 @@ fn a_roam_only_wireguard_saw_is_an_update() {
 #[test]
 fn a_roam_wireguard_rejected_is_corrected_at_the_next_read() {
     let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", None)], t(0));
-    table.apply_notice(DEV, &roamed("192.0.2.1:1000", "203.0.113.66:666", t(5)), t(5));
+    table.apply_notice(
+        DEV,
+        &roamed("192.0.2.1:1000", "203.0.113.66:666", t(5)),
+        t(5),
+    );
     // WireGuard never accepted the move (the read began after the notice).
-    let changes = table.apply_devices(&[device(vec![wg_peer(1, "192.0.2.1:1000", None)])], t(6), t(6));
+    let changes = table.apply_devices(
+        &[device(vec![wg_peer(1, "192.0.2.1:1000", None)])],
+        t(6),
+        t(6),
+    );
     assert_eq!(names(&changes), ["peer.Update:1[\"Endpoint\"]"]);
     assert_eq!(
         table.peer(DEV, &key(1)).unwrap().endpoint,
@@ -332,7 +363,11 @@ fn removing_a_connected_peer_disconnects_then_deletes_and_stays_quiet() {
     assert!(table.peer(DEV, &key(1)).is_none());
 
     // Added again: a create, and a connect at its next handshake.
-    let changes = table.apply_devices(&[device(vec![wg_peer(1, "192.0.2.1:1000", None)])], t(3), t(3));
+    let changes = table.apply_devices(
+        &[device(vec![wg_peer(1, "192.0.2.1:1000", None)])],
+        t(3),
+        t(3),
+    );
     assert_eq!(names(&changes), ["peer.Create:1[]"]);
     let changes = table
         .apply_notice(DEV, &completed("192.0.2.1:1000", t(4)), t(4))
@@ -361,7 +396,10 @@ fn a_new_peers_handshake_waits_for_the_read_then_creates_and_connects() {
         (1, 148),
         "traffic drained before the read is the new peer's"
     );
-    assert_eq!(table.device(DEV).unwrap().unknown.totals, WireCounters::default());
+    assert_eq!(
+        table.device(DEV).unwrap().unknown.totals,
+        WireCounters::default()
+    );
 }
 
 #[test]
@@ -374,7 +412,11 @@ fn a_stray_sender_stays_unknown() {
     table.apply_samples(&[garbage], t(1));
     let outcome = table.apply_notice(DEV, &completed("203.0.113.5:4444", t(1)), t(1));
     assert!(outcome.needs_refresh);
-    let changes = table.apply_devices(&[device(vec![wg_peer(1, "192.0.2.1:1000", None)])], t(2), t(2));
+    let changes = table.apply_devices(
+        &[device(vec![wg_peer(1, "192.0.2.1:1000", None)])],
+        t(2),
+        t(2),
+    );
     assert!(changes.is_empty(), "{:?}", names(&changes));
     let unknown = &table.device(DEV).unwrap().unknown;
     assert_eq!(unknown.totals.rx_invalid_packets, 50);
@@ -396,7 +438,10 @@ fn unknown_endpoints_are_bounded_but_totals_exact() {
     let unknown = &table.device(DEV).unwrap().unknown;
     assert_eq!(unknown.endpoints.len(), UNKNOWN_ENDPOINTS_KEPT);
     assert_eq!(unknown.endpoints_seen, (UNKNOWN_ENDPOINTS_KEPT + 10) as u64);
-    assert_eq!(unknown.totals.rx_packets, (UNKNOWN_ENDPOINTS_KEPT + 10) as u64);
+    assert_eq!(
+        unknown.totals.rx_packets,
+        (UNKNOWN_ENDPOINTS_KEPT + 10) as u64
+    );
 }
 
 #[test]
@@ -420,7 +465,13 @@ fn configuration_changes_are_updates_naming_the_fields() {
 
 #[test]
 fn a_device_that_disappears_takes_its_peers_with_it() {
-    let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", None), wg_peer(2, "192.0.2.2:1000", None)], t(0));
+    let mut table = table_with(
+        vec![
+            wg_peer(1, "192.0.2.1:1000", None),
+            wg_peer(2, "192.0.2.2:1000", None),
+        ],
+        t(0),
+    );
     table.apply_notice(DEV, &completed("192.0.2.2:1000", t(1)), t(1));
     let changes = table.apply_devices(&[], t(2), t(2));
     assert_eq!(

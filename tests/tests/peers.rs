@@ -1,0 +1,373 @@
+//! The peer table and its events end to end: the agent runs in-process inside the
+//! server's namespace next to wireguard-go, and the test drives a real peer through
+//! connect, roam, silence, removal and re-adding, with a stray sender beside it, and
+//! a restart of the agent. Assertions are on the emitted events' JSON.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use wgpulse::agent::{self, Observation, RunningAgent};
+use wgpulse::config::Config;
+use wgpulse::events::{Event, EventQueue};
+use wgpulse::wg::PublicKey;
+use wgpulse_tests::process::wait_for;
+use wgpulse_tests::wireguard::{Underlay, WgPair, WgPairOptions};
+use wgpulse_tests::{require_root_and_tools, traffic, unique_name};
+
+/// An agent running in B's namespace and the receiving end of its event queue.
+struct Agent {
+    running: Option<RunningAgent>,
+    events: crossbeam_channel::Receiver<Event>,
+    observations: crossbeam_channel::Receiver<Observation>,
+    /// Every event received so far, in order.
+    seen: Vec<Event>,
+}
+
+impl Agent {
+    fn start(pair: &WgPair, state_dir: &PathBuf, disconnect_after: Duration) -> Self {
+        let config = Config {
+            node: Some("test-node".into()),
+            state_dir: state_dir.clone(),
+            interfaces: vec![pair.link.b.name.clone()],
+            devices: vec![pair.wg_b.name.clone()],
+            drain_interval: Duration::from_millis(200),
+            refresh_interval: Duration::from_secs(1),
+            disconnect_after,
+            ..Config::default()
+        };
+        let (queue, events) = EventQueue::bounded(1024);
+        let (observer, observations) = crossbeam_channel::bounded(100_000);
+        let running = {
+            let _inside = pair.b.enter();
+            agent::start(config, queue, Some(observer)).expect("starting the agent")
+        };
+        let agent = Self {
+            running: Some(running),
+            events,
+            observations,
+            seen: Vec::new(),
+        };
+        agent.await_device_read();
+        agent
+    }
+
+    /// Waits for the next completed device read (events it caused are already queued).
+    fn await_device_read(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.observations.recv_timeout(left) {
+                Ok(Observation::Devices(_)) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no device read within 15 s: {e}"),
+            }
+        }
+    }
+
+    /// The next event, or a panic naming what was expected.
+    fn next(&mut self, what: &str, timeout: Duration) -> Event {
+        let event = self.events.recv_timeout(timeout).unwrap_or_else(|_| {
+            panic!(
+                "no event within {timeout:?}: expected {what}; seen so far: {:?}",
+                kinds(&self.seen)
+            )
+        });
+        self.seen.push(event.clone());
+        event
+    }
+
+    /// Events already queued (those of a completed device read are queued before
+    /// its observation).
+    fn pending(&mut self) -> Vec<Event> {
+        let events: Vec<Event> = self.events.try_iter().collect();
+        self.seen.extend(events.iter().cloned());
+        events
+    }
+
+    fn table_peer<T>(
+        &self,
+        device: &str,
+        key: &str,
+        read: impl FnOnce(&wgpulse::peers::PeerState) -> T,
+    ) -> T {
+        let shared = self.running.as_ref().unwrap().shared();
+        let table = shared.table.read().unwrap();
+        let key: PublicKey = key.parse().unwrap();
+        read(table.peer(device, &key).expect("peer in the table"))
+    }
+
+    fn stop(mut self) -> Vec<Event> {
+        self.running.take().unwrap().stop();
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.extend(self.events.try_iter());
+        seen
+    }
+}
+
+fn kinds(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| format!("{} {}", e.kind(), &e.identifier[..8]))
+        .collect()
+}
+
+fn state_dir() -> PathBuf {
+    std::env::temp_dir().join(unique_name("wgpstate"))
+}
+
+/// A pair whose B learns nothing by polling fast enough to fake a connect: B knows
+/// A's endpoint, no keepalive, and both sides share a preshared key (which must never
+/// appear in an event).
+fn pair_with_psk() -> (WgPair, String) {
+    let pair = WgPair::with_options(WgPairOptions {
+        underlay: Underlay::V4,
+        ..WgPairOptions::default()
+    });
+    let psk = String::from_utf8(wgpulse_tests::process::run("wg", &["genpsk"]).stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let file = std::env::temp_dir().join(unique_name("psk"));
+    std::fs::write(&file, format!("{psk}\n")).unwrap();
+    let path = file.to_str().unwrap();
+    pair.wg_a.wg(&[
+        "set",
+        &pair.wg_a.name,
+        "peer",
+        &pair.wg_b.keys.public,
+        "preshared-key",
+        path,
+    ]);
+    pair.wg_b.wg(&[
+        "set",
+        &pair.wg_b.name,
+        "peer",
+        &pair.wg_a.keys.public,
+        "preshared-key",
+        path,
+    ]);
+    std::fs::remove_file(&file).unwrap();
+    (pair, psk)
+}
+
+/// Polls `wg show` on B until A's latest handshake differs from `before`; returns
+/// when it was seen and the new value.
+fn await_wg_handshake(pair: &WgPair, before: u64) -> (SystemTime, u64) {
+    let mut latest = before;
+    wait_for(
+        "wg show to report a new handshake",
+        Duration::from_secs(10),
+        || {
+            latest = pair.wg_b.peer(&pair.wg_a.keys.public).latest_handshake;
+            latest != before
+        },
+    );
+    (SystemTime::now(), latest)
+}
+
+/// The distance between two wall-clock times.
+fn gap(a: SystemTime, b: SystemTime) -> Duration {
+    a.duration_since(b)
+        .or_else(|_| b.duration_since(a))
+        .unwrap()
+}
+
+#[test]
+fn connect_roam_silence_remove_readd_and_a_stray_sender() {
+    require_root_and_tools();
+    let (pair, psk) = pair_with_psk();
+    let state = state_dir();
+    let disconnect_after = Duration::from_secs(8);
+    let mut agent = Agent::start(&pair, &state, disconnect_after);
+    assert!(
+        agent.pending().is_empty(),
+        "the baseline read emits nothing: {:?}",
+        kinds(&agent.seen)
+    );
+    let peer_a = pair.wg_a.keys.public.clone();
+    let device = pair.wg_b.name.clone();
+
+    // Connect: the event arrives within a second of `wg show` changing.
+    traffic::ping(&pair.a, pair.tunnel_addr_b(false), 1);
+    let (wg_changed, _) = await_wg_handshake(&pair, 0);
+    let connect = agent.next("peer_metric.connect", Duration::from_secs(5));
+    assert_eq!(
+        (connect.entity.as_str(), connect.event.as_str()),
+        ("peer_metric", "connect")
+    );
+    assert_eq!(connect.identifier, peer_a);
+    let gap = gap(connect.timestamp.into(), wg_changed);
+    assert!(
+        gap < Duration::from_secs(1),
+        "connect event {gap:?} away from wg show's handshake"
+    );
+    let status = &connect.payload["Status"];
+    assert_eq!(status["IsConnected"], true);
+    assert_eq!(status["Endpoint"], pair.endpoint_a().to_string());
+    assert_eq!(
+        status["HandshakesCompleted"], 1,
+        "the connect came from the datapath's notice, not from polling"
+    );
+    assert_eq!(
+        connect.payload["Peer"]["InterfaceIdentifier"],
+        device.as_str()
+    );
+    assert_eq!(connect.payload["Peer"]["HasPresharedKey"], true);
+    assert_eq!(connect.node, "test-node");
+
+    // Roam: A now reaches B over IPv6, so B sees A's data from a new endpoint.
+    let v6_b = SocketAddr::new(IpAddr::V6(pair.link.b.v6), pair.wg_b.port);
+    pair.wg_a.set_peer_endpoint(&pair.wg_b.keys.public, v6_b);
+    traffic::ping(&pair.a, pair.tunnel_addr_b(false), 1);
+    let roam = agent.next("peer.update (roam)", Duration::from_secs(5));
+    assert_eq!(roam.kind(), "peer.update");
+    assert_eq!(
+        roam.payload["ChangedFields"],
+        serde_json::json!(["Endpoint"])
+    );
+    let new_endpoint = SocketAddr::new(IpAddr::V6(pair.link.a.v6), pair.wg_a.port).to_string();
+    assert_eq!(roam.payload["Endpoint"], new_endpoint.as_str());
+    wait_for(
+        "WireGuard to report the new endpoint",
+        Duration::from_secs(5),
+        || pair.wg_b.peer(&peer_a).endpoint.map(|e| e.to_string()) == Some(new_endpoint.clone()),
+    );
+
+    // Silence: disconnected once the handshake is disconnect_after old.
+    let disconnect = agent.next(
+        "peer_metric.disconnect",
+        disconnect_after + Duration::from_secs(5),
+    );
+    assert_eq!(disconnect.kind(), "peer_metric.disconnect");
+    let waited = SystemTime::from(disconnect.timestamp)
+        .duration_since(wg_changed)
+        .unwrap_or_default();
+    assert!(
+        waited >= disconnect_after - Duration::from_secs(1)
+            && waited < disconnect_after + Duration::from_secs(2),
+        "disconnect {waited:?} after the handshake, threshold {disconnect_after:?}"
+    );
+    assert_eq!(disconnect.payload["Status"]["IsConnected"], false);
+    assert_eq!(
+        disconnect.payload["Status"]["DisconnectReason"],
+        "handshake_expired"
+    );
+    assert_eq!(
+        disconnect.payload["Status"]["Endpoint"],
+        new_endpoint.as_str()
+    );
+
+    // A stray sender with no peer entry: its datagrams stay "unknown".
+    let script = format!(
+        "import os,socket\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         for i in range(40):\n    s.sendto(os.urandom(100),('{dst}',{port}))\n",
+        dst = pair.link.b.v4,
+        port = pair.wg_b.port
+    );
+    pair.a.run(&["python3", "-c", &script]);
+    let shared = agent.running.as_ref().unwrap().shared();
+    wait_for(
+        "the stray datagrams to be counted as unknown",
+        Duration::from_secs(10),
+        || {
+            let table = shared.table.read().unwrap();
+            table
+                .device(&device)
+                .unwrap()
+                .unknown
+                .totals
+                .rx_invalid_packets
+                == 40
+        },
+    );
+    let peer_invalid = agent.table_peer(&device, &peer_a, |p| p.wire.rx_invalid_packets);
+    assert_eq!(peer_invalid, 0, "stray traffic was mixed into the peer");
+
+    // Removed (while disconnected: only a delete), then added again (a create).
+    pair.wg_b.remove_peer(&peer_a);
+    let delete = agent.next("peer.delete", Duration::from_secs(5));
+    assert_eq!(delete.kind(), "peer.delete");
+    assert_eq!(delete.identifier, peer_a);
+    let allowed = format!("{}/32", pair.tunnel_a.0);
+    pair.wg_b.set_peer(&peer_a, None, &allowed);
+    let create = agent.next("peer.create", Duration::from_secs(5));
+    assert_eq!(create.kind(), "peer.create");
+    assert_eq!(create.payload["AllowedIPsStr"], allowed.as_str());
+    assert_eq!(create.payload["HasPresharedKey"], false);
+
+    let all = agent.stop();
+    assert_eq!(
+        all.iter()
+            .filter(|e| e.identifier == peer_a)
+            .map(Event::kind)
+            .collect::<Vec<_>>(),
+        [
+            "peer_metric.connect",
+            "peer.update",
+            "peer_metric.disconnect",
+            "peer.delete",
+            "peer.create"
+        ],
+        "per-peer order"
+    );
+    let mut ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), all.len(), "event ids are unique");
+    let text = serde_json::to_string(&all).unwrap();
+    for secret in [
+        pair.wg_a.keys.private_key(),
+        pair.wg_b.keys.private_key(),
+        psk.as_str(),
+    ] {
+        assert!(!text.contains(secret), "key material in the events");
+    }
+    for field in ["\"PrivateKey\"", "\"PresharedKey\""] {
+        assert!(!text.contains(field), "{field} in {text}");
+    }
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn a_restart_reports_only_what_changed_while_the_agent_was_down() {
+    require_root_and_tools();
+    let (pair, _psk) = pair_with_psk();
+    let state = state_dir();
+    let disconnect_after = Duration::from_secs(6);
+    let peer_a = pair.wg_a.keys.public.clone();
+
+    let mut agent = Agent::start(&pair, &state, disconnect_after);
+    traffic::ping(&pair.a, pair.tunnel_addr_b(false), 1);
+    let connect = agent.next("peer_metric.connect", Duration::from_secs(5));
+    assert_eq!(connect.kind(), "peer_metric.connect");
+    agent.stop();
+
+    // Nothing changed while it was down: no connect, no disconnect.
+    let mut agent = Agent::start(&pair, &state, disconnect_after);
+    assert!(
+        agent.pending().is_empty(),
+        "spurious events after a restart: {:?}",
+        kinds(&agent.seen)
+    );
+    let connected = agent.table_peer(&pair.wg_b.name, &peer_a, |p| p.connected);
+    assert!(connected, "the peer is still connected after the restart");
+    agent.stop();
+
+    // The handshake expires while the agent is down: the restart reports it.
+    let handshake = pair.wg_b.peer(&peer_a).latest_handshake;
+    let expired = SystemTime::UNIX_EPOCH + Duration::from_secs(handshake + 1) + disconnect_after;
+    while SystemTime::now() < expired {
+        // Waiting for wall-clock time itself to pass: there is no event to await.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut agent = Agent::start(&pair, &state, disconnect_after);
+    let disconnect = agent.pending();
+    assert_eq!(
+        kinds(&disconnect),
+        [format!("peer_metric.disconnect {}", &peer_a[..8])]
+    );
+    agent.stop();
+    let _ = std::fs::remove_dir_all(&state);
+}
