@@ -233,6 +233,8 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     step(&interrupted, "starting `wgpulse run` in the server namespace (default: every UP non-WireGuard interface)")?;
+    // A fresh state directory: the demo's devices are new every run.
+    let _ = std::fs::remove_dir_all("/tmp/wgpulse-demo");
     let mut agent = Command::new("ip")
         .args(["netns", "exec", &server])
         .arg(&agent_binary)
