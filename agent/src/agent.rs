@@ -11,13 +11,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::RecvTimeoutError;
 
+use crate::alerts::{Alert, AlertEngine};
 use crate::config::Config;
 use crate::drain::{Drain, DrainError};
 use crate::events::{self, EventQueue};
 use crate::links;
 use crate::loader::{Datapath, DeviceIds, LoadOptions, LoaderError};
+use crate::peers::names::NamesWatcher;
 use crate::peers::persist::{PersistError, StateFile};
-use crate::peers::{Change, PeerTable, WireSample};
+use crate::peers::{Change, ChangeKind, PeerTable, WireSample};
 use crate::snapshot::{DatapathMessage, SessionNotice, Snapshot};
 use crate::status::{AgentStatus, Shared};
 use crate::wg::{self, Device, DiscoveryOptions};
@@ -124,6 +126,8 @@ pub fn start(
 
     let mut pipeline = Pipeline {
         node: config.node_id(),
+        alerts: AlertEngine::new(config.alerts.clone()),
+        names: config.peers_file.clone().map(NamesWatcher::new),
         config,
         datapath,
         ids: DeviceIds::default(),
@@ -190,6 +194,8 @@ struct Pipeline {
     shared: Arc<Shared>,
     events: EventQueue,
     state_file: StateFile,
+    alerts: AlertEngine,
+    names: Option<NamesWatcher>,
 }
 
 impl Pipeline {
@@ -252,23 +258,63 @@ impl Pipeline {
     /// Sends the changes as events, in order (blocking while the queue is full), then
     /// saves the state. Sending first means a crash in between repeats an event at the
     /// next start rather than losing it.
-    fn emit(&self, changes: Vec<Change>) {
+    fn emit(&mut self, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
         }
+        let now = SystemTime::now();
+        let mut alerts = Vec::new();
         for change in &changes {
-            let event = events::from_change(change, &self.node);
+            self.send(events::from_change(change, &self.node));
+            if let Change::Peer {
+                kind: ChangeKind::Update,
+                peer,
+                new_address: Some(address),
+                ..
+            } = change
+            {
+                alerts.extend(self.alerts.on_new_address(peer, *address, now));
+            }
+        }
+        self.raise(alerts);
+        self.save();
+    }
+
+    fn send(&self, event: events::Event) {
+        if event.event == events::EVENT_HANDSHAKE {
+            tracing::debug!(identifier = %event.identifier, id = %event.id, "handshake event");
+        } else {
             tracing::info!(
                 event = %event.kind(),
                 identifier = %event.identifier,
                 id = %event.id,
                 "event"
             );
-            if self.events.send(event).is_err() {
-                tracing::error!("the event consumer has stopped: event not sent");
-            }
         }
-        self.save();
+        if self.events.send(event).is_err() {
+            tracing::error!("the event consumer has stopped: event not sent");
+        }
+    }
+
+    fn raise(&self, alerts: Vec<Alert>) {
+        for alert in alerts {
+            tracing::warn!(alert = alert.kind.as_str(), subject = %alert.subject, evidence = %alert.evidence, "alert");
+            *self
+                .shared
+                .status
+                .write()
+                .expect("not poisoned")
+                .alerts
+                .entry(alert.kind.as_str().to_owned())
+                .or_default() += 1;
+            self.send(events::Event::new(
+                &self.node,
+                events::ENTITY_ALERT,
+                alert.kind.as_str(),
+                &alert.subject,
+                alert.payload(),
+            ));
+        }
     }
 
     fn save(&self) {
@@ -336,6 +382,7 @@ impl Pipeline {
         }
         self.devices = devices;
         self.attach_interfaces();
+        self.reload_names();
         let changes =
             self.table_mut()
                 .apply_devices(&self.devices, read_started, SystemTime::now());
@@ -351,6 +398,29 @@ impl Pipeline {
             self.emit(changes);
         }
         self.observe(Observation::Devices(self.devices.clone()));
+    }
+
+    /// Re-reads `peers_file` if it changed; a bad file keeps the previous names.
+    fn reload_names(&mut self) {
+        let Some(result) = self.names.as_mut().and_then(NamesWatcher::poll) else {
+            return;
+        };
+        let error = match result {
+            Ok(names) => {
+                tracing::info!(names = names.len(), "peer names loaded");
+                self.table_mut().set_names(names);
+                None
+            }
+            Err(err) => {
+                tracing::error!("{err}; the previous names stay in force");
+                Some(err.to_string())
+            }
+        };
+        self.shared
+            .status
+            .write()
+            .expect("not poisoned")
+            .names_error = error;
     }
 
     fn attach_interfaces(&mut self) {
@@ -417,7 +487,15 @@ impl Pipeline {
             })
             .collect();
         let taken_at = snapshot.taken_at.unwrap_or_else(SystemTime::now);
-        self.table_mut().apply_samples(&samples, taken_at);
+        let feed = self.table_mut().apply_samples(&samples, taken_at);
+        let alerts = {
+            let table = self.shared.table.read().expect("not poisoned");
+            self.alerts.on_drain(
+                &samples,
+                |device, endpoint| table.owner_of(device, endpoint),
+                taken_at,
+            )
+        };
         {
             let mut status = self.shared.status.write().expect("not poisoned");
             status.drains += 1;
@@ -426,6 +504,8 @@ impl Pipeline {
             status.map_capacity = snapshot.map_capacity;
             status.globals = snapshot.globals;
         }
+        self.emit(feed);
+        self.raise(alerts);
         self.observe(Observation::Snapshot(snapshot));
     }
 

@@ -73,6 +73,11 @@ pub struct Config {
     pub disconnect_after: Duration,
     /// Log filter in `tracing` env-filter syntax (default `info`).
     pub log_level: String,
+    /// Peer names (TOML or JSON: public key -> name, user, email, tags), re-read
+    /// when it changes; none by default.
+    pub peers_file: Option<PathBuf>,
+    /// Alert thresholds.
+    pub alerts: crate::alerts::AlertsConfig,
     /// Durable event queue.
     pub outbox: crate::outbox::OutboxConfig,
     /// Webhook receivers.
@@ -96,6 +101,8 @@ impl Default for Config {
             refresh_interval: Duration::from_secs(10),
             disconnect_after: Duration::from_secs(180),
             log_level: "info".into(),
+            peers_file: None,
+            alerts: Default::default(),
             outbox: Default::default(),
             webhooks: Vec::new(),
             metrics: Default::default(),
@@ -156,6 +163,9 @@ impl Config {
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             invalid("log_level", err.to_string());
+        }
+        for (key, message) in self.alerts.problems() {
+            invalid(&format!("alerts.{key}"), message);
         }
         for (key, message) in self.outbox.problems() {
             invalid(&format!("outbox.{key}"), message);

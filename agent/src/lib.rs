@@ -8,6 +8,7 @@
 //! and [`server`] expose the table to Prometheus and the local API.
 
 pub mod agent;
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod drain;

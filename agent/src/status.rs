@@ -24,6 +24,10 @@ pub struct AgentStatus {
     pub persist_error: Option<String>,
     /// State-file writes that failed.
     pub persist_failures: u64,
+    /// Why the peers file could not be read (the previous names stay in force).
+    pub names_error: Option<String>,
+    /// Alerts raised, by type.
+    pub alerts: std::collections::BTreeMap<String, u64>,
     /// Drains completed.
     pub drains: u64,
     /// Duration of the last drain.

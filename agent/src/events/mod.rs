@@ -59,6 +59,10 @@ impl Event {
 
 /// Entity of connect/disconnect events (wg-portal's name).
 pub const ENTITY_PEER_METRIC: &str = "peer_metric";
+/// Event of the handshake feed (on `peer_metric`): off unless a webhook names it.
+pub const EVENT_HANDSHAKE: &str = "handshake";
+/// Entity of alerts.
+pub const ENTITY_ALERT: &str = "alert";
 /// Entity of peer create/update/delete events.
 pub const ENTITY_PEER: &str = "peer";
 /// Entity of device create/update/delete events.
@@ -95,12 +99,34 @@ pub fn from_change(change: &Change, node: &str) -> Event {
             peer,
             device_public_key,
             fields,
+            ..
         } => Event::new(
             node,
             ENTITY_PEER,
             kind.event_name(),
             &peer.key.public_key.to_base64(),
             payload::peer(peer, *device_public_key, fields),
+        ),
+        Change::Handshake {
+            peer,
+            device_public_key,
+            role,
+            endpoint,
+            at,
+            since_previous,
+        } => Event::new(
+            node,
+            ENTITY_PEER_METRIC,
+            EVENT_HANDSHAKE,
+            &peer.key.public_key.to_base64(),
+            payload::handshake(
+                peer,
+                *device_public_key,
+                *role,
+                *endpoint,
+                *at,
+                since_previous,
+            ),
         ),
         Change::Connected {
             peer,

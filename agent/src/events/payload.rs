@@ -4,11 +4,13 @@
 //! fields. `PrivateKey` and `PresharedKey` are never present: the agent never holds
 //! them. Fields we add have names wg-portal does not use.
 
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use crate::peers::{DeviceState, DisconnectReason, PeerState};
+use crate::peers::{DeviceState, DisconnectReason, PeerState, WireCounters};
+use crate::snapshot::Role;
 use crate::wg::{DeviceKind, PublicKey};
 
 /// Who wg-portal's `CreatedBy`/`UpdatedBy` name: the agent observed it.
@@ -51,17 +53,66 @@ pub fn peer(peer: &PeerState, device_public_key: Option<PublicKey>, changed: &[&
         "AllowedIPsStr": peer.allowed_ips.join(","),
         "ExtraAllowedIPsStr": "",
         "PersistentKeepalive": peer.persistent_keepalive,
-        "DisplayName": display_name(&peer.key.public_key),
+        "DisplayName": peer
+            .name
+            .as_ref()
+            .and_then(|n| n.name.clone())
+            .unwrap_or_else(|| display_name(&peer.key.public_key)),
+        "UserIdentifier": peer.name.as_ref().and_then(|n| n.user.clone()).unwrap_or_default(),
         "Identifier": peer.key.public_key.to_base64(),
         "InterfaceIdentifier": peer.key.device,
         "AutomaticallyCreated": false,
         "PublicKey": peer.key.public_key.to_base64(),
         "HasPresharedKey": peer.has_preshared_key,
     });
+    if let Some(name) = &peer.name {
+        if let Some(email) = &name.email {
+            value["UserEmail"] = json!(email);
+        }
+        if !name.tags.is_empty() {
+            value["Tags"] = json!(name.tags);
+        }
+    }
     if !changed.is_empty() {
         value["ChangedFields"] = json!(changed);
     }
     value
+}
+
+/// A `peer_metric.handshake` payload (the handshake feed, like Pro Custodibus's
+/// endpoint stats): where and how it completed, the wire counters since the previous
+/// handshake and in total, and the attempts it took.
+pub fn handshake(
+    state: &PeerState,
+    device_public_key: Option<PublicKey>,
+    role: Role,
+    endpoint: SocketAddr,
+    at: SystemTime,
+    since: &WireCounters,
+) -> Value {
+    let attempts = match role {
+        Role::Initiator => since.handshakes.tx_initiations,
+        Role::Responder => since.handshakes.rx_initiations,
+    };
+    json!({
+        "Handshake": {
+            "At": time(Some(at)),
+            "Endpoint": endpoint.to_string(),
+            "Role": role,
+            "Attempts": attempts,
+            "RxBytesDelta": since.rx_bytes,
+            "TxBytesDelta": since.tx_bytes,
+            "RxPacketsDelta": since.rx_packets,
+            "TxPacketsDelta": since.tx_packets,
+            "SocketDropsDelta": since.socket_drops,
+            "RxBytesTotal": state.wire.rx_bytes,
+            "TxBytesTotal": state.wire.tx_bytes,
+            "RxPacketsTotal": state.wire.rx_packets,
+            "TxPacketsTotal": state.wire.tx_packets,
+            "SocketDropsTotal": state.wire.socket_drops,
+        },
+        "Peer": peer(state, device_public_key, &[]),
+    })
 }
 
 /// An `interface` payload (wg-portal's Interface model).

@@ -30,11 +30,12 @@
 //! `Delete`: a receiver that pairs every connect with a disconnect sees the session
 //! closed, and no event names the peer after its delete.
 
+pub mod names;
 pub mod persist;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 pub use state::{
@@ -92,6 +93,24 @@ pub enum Change {
         device_public_key: Option<PublicKey>,
         /// Payload field names that changed (updates only).
         fields: Vec<&'static str>,
+        /// The endpoint moved to an address the peer never used before.
+        new_address: Option<IpAddr>,
+    },
+    /// A handshake completed (the handshake feed), reported at the first drain after
+    /// it so the counters include every packet up to it.
+    Handshake {
+        /// The peer after the handshake.
+        peer: PeerState,
+        /// Public key of the peer's device.
+        device_public_key: Option<PublicKey>,
+        /// Our role.
+        role: Role,
+        /// The endpoint it completed from.
+        endpoint: SocketAddr,
+        /// When it completed.
+        at: SystemTime,
+        /// Wire counters since the previous completed handshake.
+        since_previous: WireCounters,
     },
     /// A peer became connected.
     Connected {
@@ -161,6 +180,10 @@ pub struct PeerTable {
     former: HashMap<EndpointId, (PublicKey, SystemTime)>,
     pending: HashMap<EndpointId, Pending>,
     pending_notices: Vec<(String, SessionNotice)>,
+    /// Completed handshakes to report at the next drain.
+    handshakes_due: Vec<(PeerKey, Role, SocketAddr, SystemTime)>,
+    /// Names from `peers_file`.
+    names: HashMap<PublicKey, names::PeerName>,
 }
 
 impl PeerTable {
@@ -175,7 +198,17 @@ impl PeerTable {
             former: HashMap::new(),
             pending: HashMap::new(),
             pending_notices: Vec::new(),
+            handshakes_due: Vec::new(),
+            names: HashMap::new(),
         }
+    }
+
+    /// Replaces the names from `peers_file`; every peer's `name` follows at once.
+    pub fn set_names(&mut self, names: HashMap<PublicKey, names::PeerName>) {
+        for peer in self.peers.values_mut() {
+            peer.name = names.get(&peer.key.public_key).cloned();
+        }
+        self.names = names;
     }
 
     /// A table resumed from persisted state: the first device read reports what
@@ -367,13 +400,15 @@ impl PeerTable {
             };
             match self.peers.get_mut(&key) {
                 None => {
-                    let state = new_peer(key.clone(), peer, now);
+                    let mut state = new_peer(key.clone(), peer, now);
+                    state.name = self.names.get(&peer.public_key).cloned();
                     if !quiet {
                         changes.push(Change::Peer {
                             kind: ChangeKind::Create,
                             peer: state.clone(),
                             device_public_key,
                             fields: Vec::new(),
+                            new_address: None,
                         });
                     }
                     self.peers.insert(key, state);
@@ -382,11 +417,20 @@ impl PeerTable {
                     let fields = update_peer(state, peer, read_started);
                     if !fields.is_empty() {
                         state.updated_at = now;
+                        let new_address = if fields.contains(&"Endpoint") {
+                            state
+                                .endpoint
+                                .map(|e| e.ip())
+                                .filter(|ip| state.remember_address(*ip))
+                        } else {
+                            None
+                        };
                         changes.push(Change::Peer {
                             kind: ChangeKind::Update,
                             peer: state.clone(),
                             device_public_key,
                             fields,
+                            new_address,
                         });
                     }
                 }
@@ -447,12 +491,14 @@ impl PeerTable {
             peer,
             device_public_key,
             fields: Vec::new(),
+            new_address: None,
         });
     }
 
     /// Applies one drain: each endpoint's delta goes to its owner, or waits for the
-    /// next device read. `taken_at` is the drain's time.
-    pub fn apply_samples(&mut self, samples: &[WireSample], taken_at: SystemTime) {
+    /// next device read. `taken_at` is the drain's time. Returns the handshake feed:
+    /// one [`Change::Handshake`] per handshake completed since the previous drain.
+    pub fn apply_samples(&mut self, samples: &[WireSample], taken_at: SystemTime) -> Vec<Change> {
         for sample in samples.iter().filter(|s| has_traffic(&s.delta)) {
             let id = (sample.device.clone(), sample.endpoint);
             let owner = self
@@ -479,6 +525,25 @@ impl PeerTable {
         // Every packet sent before a roam has now been drained.
         self.former
             .retain(|_, (_, roamed_at)| *roamed_at > taken_at);
+
+        let mut changes = Vec::new();
+        for (key, role, endpoint, at) in std::mem::take(&mut self.handshakes_due) {
+            let device_public_key = self.devices.get(&key.device).and_then(|d| d.public_key);
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            let since_previous = peer.wire.since(&peer.at_last_handshake);
+            peer.at_last_handshake = peer.wire;
+            changes.push(Change::Handshake {
+                peer: peer.clone(),
+                device_public_key,
+                role,
+                endpoint,
+                at,
+                since_previous,
+            });
+        }
+        changes
     }
 
     /// Applies a session notice from the datapath (`device` resolved from its id).
@@ -529,6 +594,8 @@ impl PeerTable {
                     Role::Initiator => peer.handshakes_initiated += 1,
                     Role::Responder => peer.handshakes_responded += 1,
                 }
+                self.handshakes_due
+                    .push((key.clone(), *role, endpoint.addr, *at));
                 peer.last_handshake = peer.last_handshake.max(Some(*at));
                 if peer.endpoint != Some(endpoint.addr) {
                     // A handshake from the endpoint it had before a roam: it roamed back.
@@ -593,6 +660,7 @@ impl PeerTable {
         peer.endpoint = Some(to);
         peer.endpoint_noticed_at = Some(at);
         peer.updated_at = now;
+        let new_address = peer.remember_address(to.ip()).then_some(to.ip());
         let id = (key.device.clone(), to);
         self.former.remove(&id);
         self.owners.insert(id.clone(), key.public_key);
@@ -604,6 +672,7 @@ impl PeerTable {
             peer: peer.clone(),
             device_public_key,
             fields: vec!["Endpoint"],
+            new_address,
         });
     }
 
@@ -636,6 +705,11 @@ impl PeerTable {
 
     fn owner(&self, id: &EndpointId) -> Option<PublicKey> {
         self.owners.get(id).copied()
+    }
+
+    /// The peer whose current endpoint on `device` is `endpoint`, if any.
+    pub fn owner_of(&self, device: &str, endpoint: &SocketAddr) -> Option<PublicKey> {
+        self.owners.get(&(device.to_owned(), *endpoint)).copied()
     }
 
     fn rebuild_owners(&mut self) {
@@ -752,6 +826,9 @@ fn new_peer(key: PeerKey, peer: &Peer, now: SystemTime) -> PeerState {
         updated_at: now,
         wg_endpoint: peer.endpoint,
         endpoint_noticed_at: None,
+        addresses_seen: peer.endpoint.map(|e| e.ip()).into_iter().collect(),
+        at_last_handshake: WireCounters::default(),
+        name: None,
     }
 }
 

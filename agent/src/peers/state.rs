@@ -3,7 +3,7 @@
 //! own counters. These types are persisted (see [`super::persist`]) and read by the
 //! metrics, the API and the event payloads.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -112,6 +112,36 @@ pub struct HandshakeMessages {
 }
 
 impl WireCounters {
+    /// `self - earlier`, field by field (saturating).
+    pub fn since(&self, earlier: &WireCounters) -> WireCounters {
+        let h = &self.handshakes;
+        let e = &earlier.handshakes;
+        WireCounters {
+            rx_packets: self.rx_packets.saturating_sub(earlier.rx_packets),
+            rx_bytes: self.rx_bytes.saturating_sub(earlier.rx_bytes),
+            tx_packets: self.tx_packets.saturating_sub(earlier.tx_packets),
+            tx_bytes: self.tx_bytes.saturating_sub(earlier.tx_bytes),
+            rx_invalid_packets: self
+                .rx_invalid_packets
+                .saturating_sub(earlier.rx_invalid_packets),
+            rx_invalid_bytes: self
+                .rx_invalid_bytes
+                .saturating_sub(earlier.rx_invalid_bytes),
+            handshakes: HandshakeMessages {
+                rx_initiations: h.rx_initiations.saturating_sub(e.rx_initiations),
+                rx_responses: h.rx_responses.saturating_sub(e.rx_responses),
+                rx_cookies: h.rx_cookies.saturating_sub(e.rx_cookies),
+                tx_initiations: h.tx_initiations.saturating_sub(e.tx_initiations),
+                tx_responses: h.tx_responses.saturating_sub(e.tx_responses),
+                tx_cookies: h.tx_cookies.saturating_sub(e.tx_cookies),
+            },
+            socket_drops: self.socket_drops.saturating_sub(earlier.socket_drops),
+            socket_drop_bytes: self
+                .socket_drop_bytes
+                .saturating_sub(earlier.socket_drop_bytes),
+        }
+    }
+
     /// Adds a drained per-endpoint delta.
     pub fn add(&mut self, delta: &EndpointStats) {
         self.rx_packets += delta.rx.packets;
@@ -242,11 +272,37 @@ pub struct PeerState {
     /// When the datapath last moved the endpoint (a roam notice).
     #[serde(default)]
     pub endpoint_noticed_at: Option<SystemTime>,
+    /// Addresses the peer's endpoint has used (the most recent [`ADDRESSES_KEPT`]).
+    #[serde(default)]
+    pub addresses_seen: Vec<IpAddr>,
+    /// The wire counters at the last completed handshake (for the handshake feed).
+    #[serde(default)]
+    pub at_last_handshake: WireCounters,
+    /// Name, user, email and tags from `peers_file`, if it names the peer.
+    #[serde(default)]
+    pub name: Option<super::names::PeerName>,
 }
+
+/// How many endpoint addresses are remembered per peer.
+pub const ADDRESSES_KEPT: usize = 64;
 
 impl PeerState {
     /// Completed handshakes the datapath saw, both roles.
     pub fn handshakes_completed(&self) -> u64 {
         self.handshakes_initiated + self.handshakes_responded
+    }
+
+    /// Records the address of a new endpoint; true if the peer never used it before.
+    pub fn remember_address(&mut self, address: IpAddr) -> bool {
+        if let Some(i) = self.addresses_seen.iter().position(|a| *a == address) {
+            let known = self.addresses_seen.remove(i);
+            self.addresses_seen.push(known);
+            return false;
+        }
+        self.addresses_seen.push(address);
+        if self.addresses_seen.len() > ADDRESSES_KEPT {
+            self.addresses_seen.remove(0);
+        }
+        true
     }
 }

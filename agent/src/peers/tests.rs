@@ -93,6 +93,7 @@ fn names(changes: &[Change]) -> Vec<String> {
                 kind, peer, fields, ..
             } => format!("peer.{kind:?}:{}{fields:?}", peer.key.public_key.0[0]),
             Change::Connected { peer, .. } => format!("connect:{}", peer.key.public_key.0[0]),
+            Change::Handshake { peer, .. } => format!("handshake:{}", peer.key.public_key.0[0]),
             Change::Disconnected { peer, reason, .. } => {
                 format!("disconnect:{}:{reason:?}", peer.key.public_key.0[0])
             }
@@ -214,7 +215,7 @@ fn restart_reports_only_what_changed_while_down() {
         wg_peer(4, "192.0.2.4:1000", None),       // disconnected, stays so
         wg_peer(5, "192.0.2.5:1000", None),       // removed while down
     ];
-    let mut table = table_with(peers, t(10));
+    let table = table_with(peers, t(10));
     let saved = table.save(t(20));
     let text = serde_json::to_string(&saved).unwrap();
     let saved: persist::SavedState = serde_json::from_str(&text).unwrap();
@@ -243,7 +244,7 @@ fn restart_reports_only_what_changed_while_down() {
 
 #[test]
 fn restart_after_a_long_outage_disconnects_the_expired() {
-    let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", Some(t(0)))], t(1));
+    let table = table_with(vec![wg_peer(1, "192.0.2.1:1000", Some(t(0)))], t(1));
     let saved = table.save(t(2));
     let mut table = PeerTable::restore(saved, THRESHOLD);
     let changes = table.apply_devices(
@@ -495,4 +496,82 @@ fn wireguard_counters_stay_monotonic_across_a_device_reset() {
     counters.update(300, 60);
     assert_eq!((counters.rx_bytes, counters.tx_bytes), (1800, 760));
     assert_eq!(counters.resets, 1);
+}
+
+#[test]
+fn the_handshake_feed_reports_at_the_next_drain_with_deltas_that_sum_to_the_totals() {
+    let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", None)], t(0));
+    let mut deltas = 0;
+    let mut feed = Vec::new();
+    for round in 0..5u64 {
+        let at = t(round * 120);
+        let outcome = table.apply_notice(DEV, &completed("192.0.2.1:1000", at), at);
+        assert!(outcome
+            .changes
+            .iter()
+            .all(|c| !matches!(c, Change::Handshake { .. })));
+        let mut s = sample("192.0.2.1:1000", 10 + round, 1000 * (round + 1));
+        s.delta.rx.messages.initiations = round + 1;
+        feed.extend(table.apply_samples(&[s], at + Duration::from_secs(1)));
+    }
+    assert_eq!(feed.len(), 5);
+    for change in &feed {
+        let Change::Handshake {
+            since_previous,
+            role,
+            ..
+        } = change
+        else {
+            panic!("{change:?}")
+        };
+        assert_eq!(*role, Role::Responder);
+        deltas += since_previous.rx_bytes;
+    }
+    let total = table.peer(DEV, &key(1)).unwrap().wire.rx_bytes;
+    assert_eq!(deltas, total);
+    assert_eq!(total, 15_000);
+    let Change::Handshake { since_previous, .. } = &feed[2] else {
+        unreachable!()
+    };
+    assert_eq!(
+        since_previous.handshakes.rx_initiations, 3,
+        "attempts of the third"
+    );
+}
+
+#[test]
+fn names_fill_peers_now_and_later() {
+    let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", None)], t(0));
+    let name = names::PeerName {
+        name: Some("alice".into()),
+        ..Default::default()
+    };
+    table.set_names([(key(1), name.clone()), (key(2), name.clone())].into());
+    assert_eq!(table.peer(DEV, &key(1)).unwrap().name, Some(name.clone()));
+    table.apply_devices(
+        &[device(vec![
+            wg_peer(1, "192.0.2.1:1000", None),
+            wg_peer(2, "192.0.2.2:1000", None),
+        ])],
+        t(1),
+        t(1),
+    );
+    assert_eq!(table.peer(DEV, &key(2)).unwrap().name, Some(name));
+}
+
+#[test]
+fn a_roam_to_an_address_never_used_is_flagged_once() {
+    let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", None)], t(0));
+    let flag = |changes: &[Change]| match &changes[0] {
+        Change::Peer { new_address, .. } => *new_address,
+        other => panic!("{other:?}"),
+    };
+    let c = table
+        .apply_notice(DEV, &roamed("192.0.2.1:1000", "198.51.100.1:1", t(1)), t(1))
+        .changes;
+    assert_eq!(flag(&c), Some("198.51.100.1".parse().unwrap()));
+    let c = table
+        .apply_notice(DEV, &roamed("198.51.100.1:1", "192.0.2.1:2000", t(2)), t(2))
+        .changes;
+    assert_eq!(flag(&c), None, "back to an address it used before");
 }
