@@ -345,8 +345,18 @@ impl Pipeline {
             only: self.config.devices.clone(),
         };
         let read_started = SystemTime::now();
-        let devices = match wg::discover(&options) {
-            Ok(devices) => devices,
+        let devices = match wg::discover_all(&options) {
+            Ok(mut found) => {
+                // A device that exists but did not answer (stopped or busy daemon)
+                // is not gone: keep its last reading rather than report a delete.
+                for name in &found.unreadable {
+                    if let Some(last) = self.devices.iter().find(|d| &d.name == name) {
+                        found.devices.push(last.clone());
+                    }
+                }
+                found.devices.sort_by(|a, b| a.name.cmp(&b.name));
+                found.devices
+            }
             Err(err) => {
                 tracing::warn!("reading WireGuard devices: {err}");
                 self.shared

@@ -16,6 +16,7 @@
 //! assert!(pair.wg_a.peer(&pair.wg_b.keys.public).latest_handshake > 0);
 //! ```
 
+pub mod agent;
 pub mod capture;
 pub mod names;
 pub mod netns;

@@ -4,124 +4,49 @@
 //! a restart of the agent. Assertions are on the emitted events' JSON.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use wgpulse::agent::{self, Observation, RunningAgent};
-use wgpulse::config::Config;
-use wgpulse::events::{Event, EventQueue};
+use wgpulse::events::Event;
 use wgpulse::wg::PublicKey;
+use wgpulse_tests::agent::{kinds, InProcessAgent};
 use wgpulse_tests::process::wait_for;
 use wgpulse_tests::wireguard::{Underlay, WgPair, WgPairOptions};
 use wgpulse_tests::{require_root_and_tools, traffic, unique_name};
 
-/// An agent running in B's namespace and the receiving end of its event queue.
-struct Agent {
-    running: Option<RunningAgent>,
-    events: crossbeam_channel::Receiver<Event>,
-    observations: crossbeam_channel::Receiver<Observation>,
-    /// Every event received so far, in order.
-    seen: Vec<Event>,
+/// An agent with the test's threshold.
+fn start_agent(pair: &WgPair, state_dir: &Path, disconnect_after: Duration) -> InProcessAgent {
+    let mut config = InProcessAgent::config(pair, state_dir);
+    config.disconnect_after = disconnect_after;
+    InProcessAgent::start(pair, config)
 }
 
-impl Agent {
-    fn start(pair: &WgPair, state_dir: &PathBuf, disconnect_after: Duration) -> Self {
-        let config = Config {
-            node: Some("test-node".into()),
-            state_dir: state_dir.clone(),
-            interfaces: vec![pair.link.b.name.clone()],
-            devices: vec![pair.wg_b.name.clone()],
-            drain_interval: Duration::from_millis(200),
-            refresh_interval: Duration::from_secs(1),
-            disconnect_after,
-            ..Config::default()
-        };
-        let (queue, events) = EventQueue::bounded(1024);
-        let (observer, observations) = crossbeam_channel::bounded(100_000);
-        let running = {
-            let _inside = pair.b.enter();
-            agent::start(config, queue, Some(observer)).expect("starting the agent")
-        };
-        let agent = Self {
-            running: Some(running),
-            events,
-            observations,
-            seen: Vec::new(),
-        };
-        agent.await_device_read();
-        agent
-    }
+/// The next state event (the handshake feed and alerts are tested in `alerts.rs`).
+fn next(agent: &mut InProcessAgent, what: &str, timeout: Duration) -> Event {
+    agent.next_matching(what, timeout, is_state_event)
+}
 
-    /// Waits for the next completed device read (events it caused are already queued).
-    fn await_device_read(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.observations.recv_timeout(left) {
-                Ok(Observation::Devices(_)) => return,
-                Ok(_) => {}
-                Err(e) => panic!("no device read within 15 s: {e}"),
-            }
-        }
-    }
+/// State events already queued.
+fn pending(agent: &mut InProcessAgent) -> Vec<Event> {
+    agent.pending().into_iter().filter(is_state_event).collect()
+}
 
-    /// The next state event (the handshake feed and alerts are tested in
-    /// `alerts.rs` and skipped here), or a panic naming what was expected.
-    fn next(&mut self, what: &str, timeout: Duration) -> Event {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let event = self.events.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "no event within {timeout:?}: expected {what}; seen so far: {:?}",
-                    kinds(&self.seen)
-                )
-            });
-            self.seen.push(event.clone());
-            if is_state_event(&event) {
-                return event;
-            }
-        }
-    }
-
-    /// Events already queued (those of a completed device read are queued before
-    /// its observation).
-    fn pending(&mut self) -> Vec<Event> {
-        let events: Vec<Event> = self.events.try_iter().filter(is_state_event).collect();
-        self.seen.extend(events.iter().cloned());
-        events
-    }
-
-    fn table_peer<T>(
-        &self,
-        device: &str,
-        key: &str,
-        read: impl FnOnce(&wgpulse::peers::PeerState) -> T,
-    ) -> T {
-        let shared = self.running.as_ref().unwrap().shared();
-        let table = shared.table.read().unwrap();
-        let key: PublicKey = key.parse().unwrap();
-        read(table.peer(device, &key).expect("peer in the table"))
-    }
-
-    fn stop(mut self) -> Vec<Event> {
-        self.running.take().unwrap().stop();
-        let mut seen = std::mem::take(&mut self.seen);
-        seen.extend(self.events.try_iter());
-        seen
-    }
+/// A peer's field from the agent's table.
+fn table_peer<T>(
+    agent: &InProcessAgent,
+    device: &str,
+    key: &str,
+    read: impl FnOnce(&wgpulse::peers::PeerState) -> T,
+) -> T {
+    let shared = agent.shared();
+    let table = shared.table.read().unwrap();
+    let key: PublicKey = key.parse().unwrap();
+    read(table.peer(device, &key).expect("peer in the table"))
 }
 
 /// Connect/disconnect and create/update/delete, not the feed or alerts.
 fn is_state_event(event: &Event) -> bool {
     event.entity != "alert" && event.event != "handshake"
-}
-
-fn kinds(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| format!("{} {}", e.kind(), &e.identifier[..8]))
-        .collect()
 }
 
 fn state_dir() -> PathBuf {
@@ -191,9 +116,9 @@ fn connect_roam_silence_remove_readd_and_a_stray_sender() {
     let (pair, psk) = pair_with_psk();
     let state = state_dir();
     let disconnect_after = Duration::from_secs(8);
-    let mut agent = Agent::start(&pair, &state, disconnect_after);
+    let mut agent = start_agent(&pair, &state, disconnect_after);
     assert!(
-        agent.pending().is_empty(),
+        pending(&mut agent).is_empty(),
         "the baseline read emits nothing: {:?}",
         kinds(&agent.seen)
     );
@@ -203,7 +128,7 @@ fn connect_roam_silence_remove_readd_and_a_stray_sender() {
     // Connect: the event arrives within a second of `wg show` changing.
     traffic::ping(&pair.a, pair.tunnel_addr_b(false), 1);
     let (wg_changed, _) = await_wg_handshake(&pair, 0);
-    let connect = agent.next("peer_metric.connect", Duration::from_secs(5));
+    let connect = next(&mut agent, "peer_metric.connect", Duration::from_secs(5));
     assert_eq!(
         (connect.entity.as_str(), connect.event.as_str()),
         ("peer_metric", "connect")
@@ -232,7 +157,7 @@ fn connect_roam_silence_remove_readd_and_a_stray_sender() {
     let v6_b = SocketAddr::new(IpAddr::V6(pair.link.b.v6), pair.wg_b.port);
     pair.wg_a.set_peer_endpoint(&pair.wg_b.keys.public, v6_b);
     traffic::ping(&pair.a, pair.tunnel_addr_b(false), 1);
-    let roam = agent.next("peer.update (roam)", Duration::from_secs(5));
+    let roam = next(&mut agent, "peer.update (roam)", Duration::from_secs(5));
     assert_eq!(roam.kind(), "peer.update");
     assert_eq!(
         roam.payload["ChangedFields"],
@@ -247,7 +172,8 @@ fn connect_roam_silence_remove_readd_and_a_stray_sender() {
     );
 
     // Silence: disconnected once the handshake is disconnect_after old.
-    let disconnect = agent.next(
+    let disconnect = next(
+        &mut agent,
         "peer_metric.disconnect",
         disconnect_after + Duration::from_secs(5),
     );
@@ -279,7 +205,7 @@ fn connect_roam_silence_remove_readd_and_a_stray_sender() {
         port = pair.wg_b.port
     );
     pair.a.run(&["python3", "-c", &script]);
-    let shared = agent.running.as_ref().unwrap().shared();
+    let shared = agent.shared();
     wait_for(
         "the stray datagrams to be counted as unknown",
         Duration::from_secs(10),
@@ -294,17 +220,17 @@ fn connect_roam_silence_remove_readd_and_a_stray_sender() {
                 == 40
         },
     );
-    let peer_invalid = agent.table_peer(&device, &peer_a, |p| p.wire.rx_invalid_packets);
+    let peer_invalid = table_peer(&agent, &device, &peer_a, |p| p.wire.rx_invalid_packets);
     assert_eq!(peer_invalid, 0, "stray traffic was mixed into the peer");
 
     // Removed (while disconnected: only a delete), then added again (a create).
     pair.wg_b.remove_peer(&peer_a);
-    let delete = agent.next("peer.delete", Duration::from_secs(5));
+    let delete = next(&mut agent, "peer.delete", Duration::from_secs(5));
     assert_eq!(delete.kind(), "peer.delete");
     assert_eq!(delete.identifier, peer_a);
     let allowed = format!("{}/32", pair.tunnel_a.0);
     pair.wg_b.set_peer(&peer_a, None, &allowed);
-    let create = agent.next("peer.create", Duration::from_secs(5));
+    let create = next(&mut agent, "peer.create", Duration::from_secs(5));
     assert_eq!(create.kind(), "peer.create");
     assert_eq!(create.payload["AllowedIPsStr"], allowed.as_str());
     assert_eq!(create.payload["HasPresharedKey"], false);
@@ -350,20 +276,20 @@ fn a_restart_reports_only_what_changed_while_the_agent_was_down() {
     let disconnect_after = Duration::from_secs(6);
     let peer_a = pair.wg_a.keys.public.clone();
 
-    let mut agent = Agent::start(&pair, &state, disconnect_after);
+    let mut agent = start_agent(&pair, &state, disconnect_after);
     traffic::ping(&pair.a, pair.tunnel_addr_b(false), 1);
-    let connect = agent.next("peer_metric.connect", Duration::from_secs(5));
+    let connect = next(&mut agent, "peer_metric.connect", Duration::from_secs(5));
     assert_eq!(connect.kind(), "peer_metric.connect");
     agent.stop();
 
     // Nothing changed while it was down: no connect, no disconnect.
-    let mut agent = Agent::start(&pair, &state, disconnect_after);
+    let mut agent = start_agent(&pair, &state, disconnect_after);
     assert!(
-        agent.pending().is_empty(),
+        pending(&mut agent).is_empty(),
         "spurious events after a restart: {:?}",
         kinds(&agent.seen)
     );
-    let connected = agent.table_peer(&pair.wg_b.name, &peer_a, |p| p.connected);
+    let connected = table_peer(&agent, &pair.wg_b.name, &peer_a, |p| p.connected);
     assert!(connected, "the peer is still connected after the restart");
     agent.stop();
 
@@ -374,8 +300,8 @@ fn a_restart_reports_only_what_changed_while_the_agent_was_down() {
         // Waiting for wall-clock time itself to pass: there is no event to await.
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut agent = Agent::start(&pair, &state, disconnect_after);
-    let disconnect = agent.pending();
+    let mut agent = start_agent(&pair, &state, disconnect_after);
+    let disconnect = pending(&mut agent);
     assert_eq!(
         kinds(&disconnect),
         [format!("peer_metric.disconnect {}", &peer_a[..8])]

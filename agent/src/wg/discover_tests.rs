@@ -127,3 +127,17 @@ fn live_discover() {
     let expected: Vec<&str> = expected.split(',').filter(|n| !n.is_empty()).collect();
     assert_eq!(found, expected);
 }
+
+#[test]
+fn a_device_that_does_not_answer_is_unreadable_not_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    serve(dir.path(), "wga");
+    dead(dir.path(), "wgstopped");
+    let options = DiscoveryOptions {
+        socket_dir: dir.path().into(),
+        only: Vec::new(),
+    };
+    let found = combine_all(&options, Vec::new(), |_| true);
+    assert_eq!(names(&found.devices), [("wga", DeviceKind::Userspace)]);
+    assert_eq!(found.unreadable, ["wgstopped"]);
+}

@@ -116,19 +116,45 @@ pub enum DiscoveryError {
 /// failing to talk netlink at all; a kernel without WireGuard just has no kernel
 /// devices.
 pub fn discover(options: &DiscoveryOptions) -> Result<Vec<Device>, DiscoveryError> {
+    Ok(discover_all(options)?.devices)
+}
+
+/// What one discovery found: the devices read, and the devices that exist but could
+/// not be read this time (a stopped or busy daemon) — those are not gone, and the
+/// caller keeps their last reading.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovered {
+    /// Devices read, sorted by name.
+    pub devices: Vec<Device>,
+    /// Names of devices that exist here but did not answer.
+    pub unreadable: Vec<String>,
+}
+
+/// [`discover`], also naming the devices that could not be read.
+pub fn discover_all(options: &DiscoveryOptions) -> Result<Discovered, DiscoveryError> {
     let kernel = netlink::kernel_devices()?;
-    Ok(combine(options, kernel, |name| {
+    Ok(combine_all(options, kernel, |name| {
         nix::net::if_::if_nametoindex(name).is_ok()
     }))
 }
 
 /// [`discover`] given the kernel devices and how to tell whether an interface exists
 /// in the caller's namespace.
+#[cfg(test)]
 fn combine(
     options: &DiscoveryOptions,
     kernel: Vec<Device>,
     exists_here: impl Fn(&str) -> bool,
 ) -> Vec<Device> {
+    combine_all(options, kernel, exists_here).devices
+}
+
+fn combine_all(
+    options: &DiscoveryOptions,
+    kernel: Vec<Device>,
+    exists_here: impl Fn(&str) -> bool,
+) -> Discovered {
+    let mut unreadable = Vec::new();
     let wanted = |name: &str| options.only.is_empty() || options.only.iter().any(|n| n == name);
     let mut devices: Vec<Device> = kernel.into_iter().filter(|d| wanted(&d.name)).collect();
     for name in uapi::list_sockets(&options.socket_dir) {
@@ -146,12 +172,16 @@ fn combine(
         match uapi::read_device(&options.socket_dir, &name) {
             Ok(device) => devices.push(device),
             Err(err) => {
-                tracing::warn!(device = %name, "skipping userspace WireGuard device: {err}")
+                tracing::warn!(device = %name, "userspace WireGuard device did not answer (its last reading stays): {err}");
+                unreadable.push(name);
             }
         }
     }
     devices.sort_by(|a, b| a.name.cmp(&b.name));
-    devices
+    Discovered {
+        devices,
+        unreadable,
+    }
 }
 
 #[cfg(test)]

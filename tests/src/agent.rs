@@ -1,0 +1,129 @@
+//! The agent in-process for end-to-end tests: started inside a pair's server
+//! namespace (its threads inherit the namespace), with the receiving end of its event
+//! queue and its observations, so tests can await events instead of sleeping.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wgpulse::agent::{self, Observation, RunningAgent};
+use wgpulse::config::Config;
+use wgpulse::events::{Event, EventQueue};
+use wgpulse::status::Shared;
+
+use crate::wireguard::WgPair;
+
+/// A running agent watching B's device on B's side of the veth.
+pub struct InProcessAgent {
+    running: Option<RunningAgent>,
+    events: crossbeam_channel::Receiver<Event>,
+    observations: crossbeam_channel::Receiver<Observation>,
+    /// Every event received so far, in order.
+    pub seen: Vec<Event>,
+}
+
+impl InProcessAgent {
+    /// The configuration the tests start from: B's device and underlay interface,
+    /// fast drains and reads, state in `state_dir`.
+    pub fn config(pair: &WgPair, state_dir: &Path) -> Config {
+        Config {
+            node: Some("test-node".into()),
+            state_dir: state_dir.to_owned(),
+            interfaces: vec![pair.link.b.name.clone()],
+            devices: vec![pair.wg_b.name.clone()],
+            drain_interval: Duration::from_millis(200),
+            refresh_interval: Duration::from_secs(1),
+            ..Config::default()
+        }
+    }
+
+    /// Starts the agent in B's namespace and waits for its first device read.
+    pub fn start(pair: &WgPair, config: Config) -> Self {
+        let (queue, events) = EventQueue::bounded(1024);
+        let (observer, observations) = crossbeam_channel::bounded(100_000);
+        let running = {
+            let _inside = pair.b.enter();
+            agent::start(config, queue, Some(observer)).expect("starting the agent")
+        };
+        let agent = Self {
+            running: Some(running),
+            events,
+            observations,
+            seen: Vec::new(),
+        };
+        agent.await_device_read();
+        agent
+    }
+
+    /// Waits for the next completed device read (events it caused are queued before
+    /// its observation).
+    pub fn await_device_read(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.observations.recv_timeout(left) {
+                Ok(Observation::Devices(_)) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no device read within 15 s: {e}"),
+            }
+        }
+    }
+
+    /// The next event `wanted` accepts (others are kept in [`Self::seen`]), or a panic
+    /// naming `what`.
+    pub fn next_matching(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&Event) -> bool,
+    ) -> Event {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self.events.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no event within {timeout:?}: expected {what}; seen so far: {:?}",
+                    kinds(&self.seen)
+                )
+            });
+            self.seen.push(event.clone());
+            if wanted(&event) {
+                return event;
+            }
+        }
+    }
+
+    /// Events already queued.
+    pub fn pending(&mut self) -> Vec<Event> {
+        let events: Vec<Event> = self.events.try_iter().collect();
+        self.seen.extend(events.iter().cloned());
+        events
+    }
+
+    /// The agent's peer table and stage health.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.running.as_ref().expect("running").shared()
+    }
+
+    /// Stops the agent; returns every event it emitted.
+    pub fn stop(mut self) -> Vec<Event> {
+        self.running.take().expect("running").stop();
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.extend(self.events.try_iter());
+        seen
+    }
+}
+
+/// `entity.event` and the identifier's first characters, for messages.
+pub fn kinds(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e.kind(),
+                e.identifier.chars().take(8).collect::<String>()
+            )
+        })
+        .collect()
+}
