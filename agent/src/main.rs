@@ -10,6 +10,8 @@ use wgpulse::config::Config;
 
 /// Bound of the queue between the peer table and delivery.
 const EVENT_QUEUE: usize = 4096;
+/// Most events written to the outbox in one transaction.
+const EVENT_BATCH: usize = 1024;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,19 +56,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let registry = prometheus::Registry::new();
+    let delivery = wgpulse::sink::Delivery::start(&config, runtime.handle(), &registry)
+        .context("starting webhook delivery")?;
     let (events, received) = wgpulse::events::EventQueue::bounded(EVENT_QUEUE);
-    let consumer = std::thread::Builder::new()
-        .name("wgpulse-events".into())
-        .spawn(move || {
-            // Until webhook delivery is wired in, events are written to the log.
-            for event in received {
-                match serde_json::to_string(&event) {
-                    Ok(json) => tracing::debug!(target: "wgpulse::events::json", "{json}"),
-                    Err(err) => tracing::error!("encoding event {}: {err}", event.id),
+    let consumer = {
+        let delivery = delivery.clone();
+        std::thread::Builder::new()
+            .name("wgpulse-events".into())
+            .spawn(move || {
+                // Events are accepted in batches: one outbox transaction (one fsync)
+                // for everything that queued up meanwhile.
+                while let Ok(first) = received.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(received.try_iter().take(EVENT_BATCH - 1));
+                    delivery.accept(&batch);
                 }
-            }
-        })
-        .context("starting the event thread")?;
+            })
+            .context("starting the event thread")?
+    };
     let agent = wgpulse::agent::start(config, events, None).context("starting the agent")?;
     runtime.block_on(async {
         let mut terminate =
@@ -79,6 +87,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     agent.stop();
     let _ = consumer.join();
+    runtime.block_on(delivery.shutdown(std::time::Duration::from_secs(5)));
     tracing::info!("stopped; datapath detached");
     Ok(())
 }

@@ -1,26 +1,249 @@
-//! `[[webhooks]]` configuration.
+//! `[[webhooks]]` configuration: one table per receiver. Secrets can come from the
+//! file itself, from a file (`*_file`) or from an environment variable (`*_env`), so
+//! they can stay out of configuration files; they are read once at start and never
+//! printed (`Debug` redacts them).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 /// One webhook receiver.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// Unique name of the webhook.
+    /// Unique name of the webhook (used in the API, the CLI and metrics).
     pub name: String,
     /// Receiver URL (http or https).
     pub url: String,
+    /// Deliver at all; a paused (disabled) webhook keeps queueing (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Event filters: `*`, `<entity>.*`, `<entity>.<event>` (default `["*"]`). The
+    /// handshake feed (`peer_metric.handshake`) is chatty and only sent when named.
+    #[serde(default = "everything")]
+    pub events: Vec<String>,
+    /// `single` (one event object per POST: wg-portal, defguard) or `batch` (a JSON
+    /// array: Pro Custodibus). Default `single`.
+    #[serde(default)]
+    pub format: Format,
+    /// Sent verbatim as the `Authorization` header (wg-portal, defguard).
+    #[serde(default)]
+    pub authorization: Option<String>,
+    /// File holding the `Authorization` header value.
+    #[serde(default)]
+    pub authorization_file: Option<PathBuf>,
+    /// Environment variable holding the `Authorization` header value.
+    #[serde(default)]
+    pub authorization_env: Option<String>,
+    /// Extra headers (Pro Custodibus style).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Signing secret(s): `whsec_<base64>` (Standard Webhooks) or any other string
+    /// (its bytes). Several while a secret is rotated: one signature each.
+    #[serde(default)]
+    pub signing_secret: Option<Secrets>,
+    /// File holding signing secrets, one per line.
+    #[serde(default)]
+    pub signing_secret_file: Option<PathBuf>,
+    /// Environment variable holding signing secrets, space-separated.
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
+    /// Batching (batch format only).
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Request timeout (default 15 s).
+    #[serde(default = "fifteen_seconds", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests in flight at once (default 4). Events of one peer are always
+    /// delivered in order, one request at a time.
+    #[serde(default = "four")]
+    pub concurrency: usize,
+    /// Retries.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Extra trust root (PEM) for a private receiver, added to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("enabled", &self.enabled)
+            .field("events", &self.events)
+            .field("format", &self.format)
+            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .field("signing_secret", &self.signing_secret.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// One secret or several.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Secrets {
+    /// One secret.
+    One(String),
+    /// Several (rotation).
+    Many(Vec<String>),
+}
+
+impl Secrets {
+    /// The secrets as a list.
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Secrets::One(one) => vec![one.clone()],
+            Secrets::Many(many) => many.clone(),
+        }
+    }
+}
+
+/// Body format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// One event object per request.
+    #[default]
+    Single,
+    /// A JSON array of events per request.
+    Batch,
+}
+
+/// `[webhooks.batch]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most events per request (default 500).
+    pub max_events: usize,
+    /// Most body bytes per request (default 1 MiB; a single larger event is sent
+    /// alone).
+    pub max_bytes: usize,
+    /// How long a partial batch waits for more events (default 1 s).
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_events: 500,
+            max_bytes: 1024 * 1024,
+            max_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[webhooks.retry]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Events not delivered within this age become dead letters (default 72 h).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// First backoff (default 1 s); doubles per attempt with full jitter.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest backoff (default 10 min).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(72 * 3600),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(600),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn fifteen_seconds() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn four() -> usize {
+    4
+}
+
+/// The URL without user info or query (which may carry secrets), for logs and the API.
+pub fn redact_url(url: &str) -> String {
+    match url.parse::<hyper::Uri>() {
+        Ok(uri) => format!(
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or("?"),
+            uri.host().unwrap_or("?").to_owned()
+                + &uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default(),
+            uri.path()
+        ),
+        Err(_) => "<invalid url>".into(),
+    }
 }
 
 impl WebhookConfig {
     /// Problems as (key, message) pairs.
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            problems.push((
-                "url".into(),
-                format!("{:?} is not an http or https URL", self.url),
-            ));
+        let mut problem = |key: &str, message: String| problems.push((key.to_owned(), message));
+        match self.url.parse::<hyper::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+            _ => problem("url", format!("{:?} is not an http or https URL", redact_url(&self.url))),
+        }
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            problem("name", format!("{:?}: use letters, digits, '-', '_' and '.'", self.name));
+        }
+        for filter in &self.events {
+            if let Err(message) = super::filter::Filter::parse(filter) {
+                problem("events", message);
+            }
+        }
+        let authorizations = [
+            self.authorization.is_some(),
+            self.authorization_file.is_some(),
+            self.authorization_env.is_some(),
+        ];
+        if authorizations.iter().filter(|set| **set).count() > 1 {
+            problem("authorization", "set only one of authorization, authorization_file, authorization_env".into());
+        }
+        let secrets = [
+            self.signing_secret.is_some(),
+            self.signing_secret_file.is_some(),
+            self.signing_secret_env.is_some(),
+        ];
+        if secrets.iter().filter(|set| **set).count() > 1 {
+            problem("signing_secret", "set only one of signing_secret, signing_secret_file, signing_secret_env".into());
+        }
+        for name in self.headers.keys() {
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problem("headers", format!("{name:?} is not a valid header name"));
+            }
+        }
+        if self.batch.max_events == 0 {
+            problem("batch.max_events", "must be at least 1".into());
+        }
+        if self.batch.max_bytes < 1024 {
+            problem("batch.max_bytes", "must be at least 1024".into());
+        }
+        if self.timeout.is_zero() {
+            problem("timeout", "must be more than 0".into());
+        }
+        if self.concurrency == 0 || self.concurrency > 256 {
+            problem("concurrency", "must be between 1 and 256".into());
+        }
+        if self.retry.initial_backoff.is_zero() || self.retry.max_backoff < self.retry.initial_backoff {
+            problem("retry", "need 0 < initial_backoff <= max_backoff".into());
         }
         problems
     }

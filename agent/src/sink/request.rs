@@ -1,0 +1,175 @@
+//! One webhook's request template: URL, headers, secrets and signing, and the
+//! request for one delivery (a single event or a batch).
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use hyper::{Method, Request, Uri};
+use zeroize::Zeroizing;
+
+use super::config::{redact_url, Format, WebhookConfig};
+use super::filter::Filter;
+use super::sign::Signer;
+
+/// Errors preparing a webhook.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// A secret could not be read.
+    #[error("webhook {webhook}: reading {what}: {message}")]
+    Secret {
+        /// The webhook.
+        webhook: String,
+        /// Which setting.
+        what: &'static str,
+        /// Why (never the secret).
+        message: String,
+    },
+    /// A value is not valid in an HTTP request.
+    #[error("webhook {webhook}: {message}")]
+    Invalid {
+        /// The webhook.
+        webhook: String,
+        /// What.
+        message: String,
+    },
+}
+
+/// Everything needed to build a webhook's requests.
+#[derive(Debug)]
+pub struct Target {
+    /// Webhook name.
+    pub name: String,
+    /// Receiver.
+    pub url: Uri,
+    /// Body format.
+    pub format: Format,
+    /// Event filters.
+    pub filters: Vec<Filter>,
+    /// Request timeout.
+    pub timeout: Duration,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    authorization: Option<HeaderValue>,
+    signer: Option<Signer>,
+}
+
+fn secret(webhook: &str, what: &'static str, inline: Option<String>, file: Option<&std::path::Path>, env: Option<&str>) -> Result<Option<Zeroizing<String>>, TargetError> {
+    let error = |message: String| TargetError::Secret {
+        webhook: webhook.to_owned(),
+        what,
+        message,
+    };
+    if let Some(value) = inline {
+        return Ok(Some(Zeroizing::new(value)));
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| error(format!("{}: {e}", path.display())))?;
+        return Ok(Some(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned())));
+    }
+    if let Some(name) = env {
+        let value = std::env::var(name).map_err(|_| error(format!("environment variable {name} is not set")))?;
+        return Ok(Some(Zeroizing::new(value)));
+    }
+    Ok(None)
+}
+
+impl Target {
+    /// Reads the webhook's secrets and checks its headers.
+    pub fn new(config: &WebhookConfig) -> Result<Self, TargetError> {
+        let invalid = |message: String| TargetError::Invalid {
+            webhook: config.name.clone(),
+            message,
+        };
+        let url: Uri = config
+            .url
+            .parse()
+            .map_err(|_| invalid(format!("url {:?} is not valid", redact_url(&config.url))))?;
+        let authorization = secret(
+            &config.name,
+            "authorization",
+            config.authorization.clone(),
+            config.authorization_file.as_deref(),
+            config.authorization_env.as_deref(),
+        )?
+        .map(|value| {
+            let mut header = HeaderValue::from_str(&value)
+                .map_err(|_| invalid("authorization is not a valid header value".into()))?;
+            header.set_sensitive(true);
+            Ok::<_, TargetError>(header)
+        })
+        .transpose()?;
+        let secrets: Vec<String> = match (&config.signing_secret, &config.signing_secret_file, &config.signing_secret_env) {
+            (Some(inline), _, _) => inline.list(),
+            (None, file, env) => secret(&config.name, "signing_secret", None, file.as_deref(), env.as_deref())?
+                .map(|text| text.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+        };
+        let signer = if secrets.is_empty() {
+            None
+        } else {
+            Some(Signer::new(&secrets).map_err(|e| invalid(e.to_string()))?)
+        };
+        let headers = config
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| invalid(format!("header name {name:?} is not valid")))?;
+                let mut value = HeaderValue::from_str(value)
+                    .map_err(|_| invalid(format!("the value of header {name} is not valid")))?;
+                value.set_sensitive(true);
+                Ok((name, value))
+            })
+            .collect::<Result<_, TargetError>>()?;
+        let filters = config
+            .events
+            .iter()
+            .map(|f| Filter::parse(f).map_err(invalid))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            name: config.name.clone(),
+            url,
+            format: config.format,
+            filters,
+            timeout: config.timeout,
+            headers,
+            authorization,
+            signer,
+        })
+    }
+
+    /// The request delivering `body`. `id` is the event id (single) or a batch id
+    /// stable across retries; `kind` is `entity.event` for single events.
+    pub fn request(&self, id: &str, kind: Option<&str>, body: Bytes, now: SystemTime) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, concat!("wgpulse/", env!("CARGO_PKG_VERSION")))
+            .header("webhook-id", id);
+        if let Some(kind) = kind {
+            builder = builder.header("X-Wgpulse-Event", kind);
+        }
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value.clone());
+        }
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(AUTHORIZATION, authorization.clone());
+        }
+        if let Some(signer) = &self.signer {
+            let timestamp = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let signatures = signer.sign(id, timestamp, &body);
+            builder = builder
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signatures.standard)
+                .header("X-Signature-256", signatures.body);
+        }
+        builder
+            .body(Full::new(body))
+            .expect("every header was validated")
+    }
+}
