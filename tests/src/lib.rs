@@ -21,6 +21,7 @@ pub mod capture;
 pub mod names;
 pub mod netns;
 pub mod process;
+pub mod receiver;
 pub mod traffic;
 pub mod wgshow;
 pub mod wireguard;

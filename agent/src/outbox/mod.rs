@@ -98,7 +98,9 @@ pub struct Incoming<'a> {
 
 /// The outbox database.
 pub struct Outbox {
-    db: Database,
+    /// The open database; `None` after a failed write until it is reopened (redb
+    /// refuses further use of a handle that saw an I/O error).
+    db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
     next_seq: Mutex<u64>,
     bytes: AtomicU64,
@@ -106,7 +108,9 @@ pub struct Outbox {
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbox").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Outbox")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,7 +155,7 @@ impl Outbox {
         }
         txn.commit().map_err(|e| err("opening")(&e))?;
         let outbox = Self {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
             path,
             next_seq: Mutex::new(0),
             bytes: AtomicU64::new(0),
@@ -160,6 +164,33 @@ impl Outbox {
         *outbox.next_seq.lock().expect("not poisoned") = last + 1;
         outbox.bytes.store(bytes, Ordering::Relaxed);
         Ok(outbox)
+    }
+
+    /// The open database, reopening it first if a failed write closed it.
+    fn database(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>, OutboxError> {
+        {
+            let guard = self.db.read().expect("not poisoned");
+            if guard.is_some() {
+                return Ok(guard);
+            }
+        }
+        {
+            let mut guard = self.db.write().expect("not poisoned");
+            if guard.is_none() {
+                let db = Database::create(&self.path).map_err(|e| self.error("reopening", e))?;
+                *guard = Some(db);
+                tracing::info!(path = %self.path.display(), "outbox reopened");
+            }
+        }
+        Ok(self.db.read().expect("not poisoned"))
+    }
+
+    /// Closes the database after a failed write; the next use reopens it.
+    fn failed<T>(&self, result: Result<T, OutboxError>) -> Result<T, OutboxError> {
+        if result.is_err() {
+            *self.db.write().expect("not poisoned") = None;
+        }
+        result
     }
 
     fn error(&self, op: &'static str, e: impl std::fmt::Display) -> OutboxError {
@@ -171,8 +202,15 @@ impl Outbox {
     }
 
     fn scan(&self) -> Result<(u64, u64), OutboxError> {
-        let read = self.db.begin_read().map_err(|e| self.error("reading", e))?;
-        let events = read.open_table(EVENTS).map_err(|e| self.error("reading", e))?;
+        let read = self
+            .database()?
+            .as_ref()
+            .expect("checked")
+            .begin_read()
+            .map_err(|e| self.error("reading", e))?;
+        let events = read
+            .open_table(EVENTS)
+            .map_err(|e| self.error("reading", e))?;
         let mut bytes = 0;
         let mut last = 0;
         for item in events.iter().map_err(|e| self.error("reading", e))? {
@@ -191,16 +229,31 @@ impl Outbox {
     /// Durably appends events; returns their sequence numbers. Events no webhook
     /// wants are not stored (sequence 0).
     pub fn append(&self, incoming: &[Incoming<'_>]) -> Result<Vec<u64>, OutboxError> {
+        self.failed(self.try_append(incoming))
+    }
+
+    fn try_append(&self, incoming: &[Incoming<'_>]) -> Result<Vec<u64>, OutboxError> {
         let mut next = self.next_seq.lock().expect("not poisoned");
-        let mut txn = self.db.begin_write().map_err(|e| self.error("appending", e))?;
+        let mut txn = self
+            .database()?
+            .as_ref()
+            .expect("checked")
+            .begin_write()
+            .map_err(|e| self.error("appending", e))?;
         txn.set_durability(Durability::Immediate);
         let mut seqs = Vec::with_capacity(incoming.len());
         let mut added = 0u64;
         let mut seq = *next;
         {
-            let mut events = txn.open_table(EVENTS).map_err(|e| self.error("appending", e))?;
-            let mut pending = txn.open_table(PENDING).map_err(|e| self.error("appending", e))?;
-            let mut refs = txn.open_table(REFS).map_err(|e| self.error("appending", e))?;
+            let mut events = txn
+                .open_table(EVENTS)
+                .map_err(|e| self.error("appending", e))?;
+            let mut pending = txn
+                .open_table(PENDING)
+                .map_err(|e| self.error("appending", e))?;
+            let mut refs = txn
+                .open_table(REFS)
+                .map_err(|e| self.error("appending", e))?;
             for item in incoming {
                 if item.webhooks.is_empty() {
                     seqs.push(0);
@@ -239,8 +292,15 @@ impl Outbox {
     }
 
     fn listed(&self, webhook: &str, dead: bool) -> Result<Vec<(Stored, String)>, OutboxError> {
-        let read = self.db.begin_read().map_err(|e| self.error("reading", e))?;
-        let events = read.open_table(EVENTS).map_err(|e| self.error("reading", e))?;
+        let read = self
+            .database()?
+            .as_ref()
+            .expect("checked")
+            .begin_read()
+            .map_err(|e| self.error("reading", e))?;
+        let events = read
+            .open_table(EVENTS)
+            .map_err(|e| self.error("reading", e))?;
         let mut out = Vec::new();
         let mut push = |seq: u64, reason: String| -> Result<(), OutboxError> {
             if let Some(body) = events.get(seq).map_err(|e| self.error("reading", e))? {
@@ -260,13 +320,17 @@ impl Outbox {
         };
         let range = (webhook, 0)..=(webhook, u64::MAX);
         if dead {
-            let table = read.open_table(DEAD).map_err(|e| self.error("reading", e))?;
+            let table = read
+                .open_table(DEAD)
+                .map_err(|e| self.error("reading", e))?;
             for item in table.range(range).map_err(|e| self.error("reading", e))? {
                 let (key, reason) = item.map_err(|e| self.error("reading", e))?;
                 push(key.value().1, reason.value().to_owned())?;
             }
         } else {
-            let table = read.open_table(PENDING).map_err(|e| self.error("reading", e))?;
+            let table = read
+                .open_table(PENDING)
+                .map_err(|e| self.error("reading", e))?;
             for item in table.range(range).map_err(|e| self.error("reading", e))? {
                 let (key, _) = item.map_err(|e| self.error("reading", e))?;
                 push(key.value().1, String::new())?;
@@ -277,8 +341,15 @@ impl Outbox {
 
     /// The bodies of events, in the order asked (missing ones are skipped).
     pub fn load(&self, seqs: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
-        let read = self.db.begin_read().map_err(|e| self.error("reading", e))?;
-        let events = read.open_table(EVENTS).map_err(|e| self.error("reading", e))?;
+        let read = self
+            .database()?
+            .as_ref()
+            .expect("checked")
+            .begin_read()
+            .map_err(|e| self.error("reading", e))?;
+        let events = read
+            .open_table(EVENTS)
+            .map_err(|e| self.error("reading", e))?;
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
             if let Some(body) = events.get(*seq).map_err(|e| self.error("reading", e))? {
@@ -305,13 +376,33 @@ impl Outbox {
         seqs: &[u64],
         table: TableDefinition<(&str, u64), V>,
     ) -> Result<(), OutboxError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.error("acknowledging", e))?;
+        self.failed(self.try_release(webhook, seqs, table))
+    }
+
+    fn try_release<V: redb::Value + 'static>(
+        &self,
+        webhook: &str,
+        seqs: &[u64],
+        table: TableDefinition<(&str, u64), V>,
+    ) -> Result<(), OutboxError> {
+        let mut txn = self
+            .database()?
+            .as_ref()
+            .expect("checked")
+            .begin_write()
+            .map_err(|e| self.error("acknowledging", e))?;
         txn.set_durability(Durability::Immediate);
         let mut freed = 0u64;
         {
-            let mut entries = txn.open_table(table).map_err(|e| self.error("acknowledging", e))?;
-            let mut refs = txn.open_table(REFS).map_err(|e| self.error("acknowledging", e))?;
-            let mut events = txn.open_table(EVENTS).map_err(|e| self.error("acknowledging", e))?;
+            let mut entries = txn
+                .open_table(table)
+                .map_err(|e| self.error("acknowledging", e))?;
+            let mut refs = txn
+                .open_table(REFS)
+                .map_err(|e| self.error("acknowledging", e))?;
+            let mut events = txn
+                .open_table(EVENTS)
+                .map_err(|e| self.error("acknowledging", e))?;
             for seq in seqs {
                 if entries
                     .remove((webhook, *seq))
@@ -327,26 +418,43 @@ impl Outbox {
                     .unwrap_or(1)
                     .saturating_sub(1);
                 if left == 0 {
-                    refs.remove(*seq).map_err(|e| self.error("acknowledging", e))?;
-                    if let Some(body) = events.remove(*seq).map_err(|e| self.error("acknowledging", e))? {
+                    refs.remove(*seq)
+                        .map_err(|e| self.error("acknowledging", e))?;
+                    if let Some(body) = events
+                        .remove(*seq)
+                        .map_err(|e| self.error("acknowledging", e))?
+                    {
                         freed += body.value().len() as u64;
                     }
                 } else {
-                    refs.insert(*seq, left).map_err(|e| self.error("acknowledging", e))?;
+                    refs.insert(*seq, left)
+                        .map_err(|e| self.error("acknowledging", e))?;
                 }
             }
         }
         txn.commit().map_err(|e| self.error("committing", e))?;
-        self.bytes.fetch_sub(freed.min(self.bytes()), Ordering::Relaxed);
+        self.bytes
+            .fetch_sub(freed.min(self.bytes()), Ordering::Relaxed);
         Ok(())
     }
 
     /// Moves pending events of a webhook to its dead letters with a reason.
     pub fn bury(&self, webhook: &str, seqs: &[u64], reason: &str) -> Result<(), OutboxError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.error("burying", e))?;
+        self.failed(self.try_bury(webhook, seqs, reason))
+    }
+
+    fn try_bury(&self, webhook: &str, seqs: &[u64], reason: &str) -> Result<(), OutboxError> {
+        let mut txn = self
+            .database()?
+            .as_ref()
+            .expect("checked")
+            .begin_write()
+            .map_err(|e| self.error("burying", e))?;
         txn.set_durability(Durability::Immediate);
         {
-            let mut pending = txn.open_table(PENDING).map_err(|e| self.error("burying", e))?;
+            let mut pending = txn
+                .open_table(PENDING)
+                .map_err(|e| self.error("burying", e))?;
             let mut dead = txn.open_table(DEAD).map_err(|e| self.error("burying", e))?;
             for seq in seqs {
                 if pending
@@ -364,12 +472,25 @@ impl Outbox {
 
     /// Moves every dead letter of a webhook back to its pending events; returns them.
     pub fn replay(&self, webhook: &str) -> Result<Vec<Stored>, OutboxError> {
+        self.failed(self.try_replay(webhook))
+    }
+
+    fn try_replay(&self, webhook: &str) -> Result<Vec<Stored>, OutboxError> {
         let dead: Vec<Stored> = self.dead(webhook)?.into_iter().map(|(s, _)| s).collect();
-        let mut txn = self.db.begin_write().map_err(|e| self.error("replaying", e))?;
+        let mut txn = self
+            .database()?
+            .as_ref()
+            .expect("checked")
+            .begin_write()
+            .map_err(|e| self.error("replaying", e))?;
         txn.set_durability(Durability::Immediate);
         {
-            let mut pending = txn.open_table(PENDING).map_err(|e| self.error("replaying", e))?;
-            let mut table = txn.open_table(DEAD).map_err(|e| self.error("replaying", e))?;
+            let mut pending = txn
+                .open_table(PENDING)
+                .map_err(|e| self.error("replaying", e))?;
+            let mut table = txn
+                .open_table(DEAD)
+                .map_err(|e| self.error("replaying", e))?;
             for stored in &dead {
                 table
                     .remove((webhook, stored.seq))
@@ -385,8 +506,15 @@ impl Outbox {
 
     /// Number of stored events (for tests and metrics).
     pub fn len(&self) -> Result<u64, OutboxError> {
-        let read = self.db.begin_read().map_err(|e| self.error("reading", e))?;
-        let events = read.open_table(EVENTS).map_err(|e| self.error("reading", e))?;
+        let read = self
+            .database()?
+            .as_ref()
+            .expect("checked")
+            .begin_read()
+            .map_err(|e| self.error("reading", e))?;
+        let events = read
+            .open_table(EVENTS)
+            .map_err(|e| self.error("reading", e))?;
         events.len().map_err(|e| self.error("reading", e))
     }
 
@@ -445,7 +573,12 @@ mod tests {
         assert_eq!(replayed.iter().map(|s| s.seq).collect::<Vec<_>>(), [2]);
         assert!(outbox.dead("two").unwrap().is_empty());
         assert_eq!(
-            outbox.pending("two").unwrap().iter().map(|s| s.seq).collect::<Vec<_>>(),
+            outbox
+                .pending("two")
+                .unwrap()
+                .iter()
+                .map(|s| s.seq)
+                .collect::<Vec<_>>(),
             [2, 3]
         );
         let bytes_before = outbox.bytes();

@@ -76,8 +76,14 @@ impl std::fmt::Debug for WebhookConfig {
             .field("enabled", &self.enabled)
             .field("events", &self.events)
             .field("format", &self.format)
-            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
-            .field("signing_secret", &self.signing_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "signing_secret",
+                &self.signing_secret.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -198,11 +204,23 @@ impl WebhookConfig {
         let mut problems = Vec::new();
         let mut problem = |key: &str, message: String| problems.push((key.to_owned(), message));
         match self.url.parse::<hyper::Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
-            _ => problem("url", format!("{:?} is not an http or https URL", redact_url(&self.url))),
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+            _ => problem(
+                "url",
+                format!("{:?} is not an http or https URL", redact_url(&self.url)),
+            ),
         }
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            problem("name", format!("{:?}: use letters, digits, '-', '_' and '.'", self.name));
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problem(
+                "name",
+                format!("{:?}: use letters, digits, '-', '_' and '.'", self.name),
+            );
         }
         for filter in &self.events {
             if let Err(message) = super::filter::Filter::parse(filter) {
@@ -215,7 +233,10 @@ impl WebhookConfig {
             self.authorization_env.is_some(),
         ];
         if authorizations.iter().filter(|set| **set).count() > 1 {
-            problem("authorization", "set only one of authorization, authorization_file, authorization_env".into());
+            problem(
+                "authorization",
+                "set only one of authorization, authorization_file, authorization_env".into(),
+            );
         }
         let secrets = [
             self.signing_secret.is_some(),
@@ -223,7 +244,10 @@ impl WebhookConfig {
             self.signing_secret_env.is_some(),
         ];
         if secrets.iter().filter(|set| **set).count() > 1 {
-            problem("signing_secret", "set only one of signing_secret, signing_secret_file, signing_secret_env".into());
+            problem(
+                "signing_secret",
+                "set only one of signing_secret, signing_secret_file, signing_secret_env".into(),
+            );
         }
         for name in self.headers.keys() {
             if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -242,7 +266,9 @@ impl WebhookConfig {
         if self.concurrency == 0 || self.concurrency > 256 {
             problem("concurrency", "must be between 1 and 256".into());
         }
-        if self.retry.initial_backoff.is_zero() || self.retry.max_backoff < self.retry.initial_backoff {
+        if self.retry.initial_backoff.is_zero()
+            || self.retry.max_backoff < self.retry.initial_backoff
+        {
             problem("retry", "need 0 < initial_backoff <= max_backoff".into());
         }
         problems

@@ -18,7 +18,9 @@ pub enum Filter {
 impl Filter {
     /// Parses `*`, `entity.*` or `entity.event`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let valid = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        let valid = |part: &str| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        };
         match text.split_once('.') {
             None if text == "*" => Ok(Filter::All),
             Some((entity, "*")) if valid(entity) => Ok(Filter::Entity(entity.into())),
@@ -74,7 +76,15 @@ mod tests {
 
     #[test]
     fn bad_filters_are_named() {
-        for bad in ["", "peer", "peer.", ".x", "Peer.create", "*.connect", "peer.*.x"] {
+        for bad in [
+            "",
+            "peer",
+            "peer.",
+            ".x",
+            "Peer.create",
+            "*.connect",
+            "peer.*.x",
+        ] {
             let err = Filter::parse(bad).unwrap_err();
             assert!(err.contains(&format!("{bad:?}")), "{err}");
         }

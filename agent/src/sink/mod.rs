@@ -184,8 +184,11 @@ impl Delivery {
         registry: &prometheus::Registry,
     ) -> Result<Self, SinkError> {
         let outbox = Outbox::open(&config.state_dir)?;
-        let ca_files: Vec<&std::path::Path> =
-            config.webhooks.iter().filter_map(|w| w.ca_file.as_deref()).collect();
+        let ca_files: Vec<&std::path::Path> = config
+            .webhooks
+            .iter()
+            .filter_map(|w| w.ca_file.as_deref())
+            .collect();
         let client = {
             // The connector's timer and executor need a runtime context.
             let _entered = runtime.enter();
@@ -253,7 +256,10 @@ impl Delivery {
         let overflow = spill.len().saturating_sub(SPILL_LIMIT);
         if overflow > 0 {
             spill.drain(..overflow);
-            tracing::error!(dropped = overflow, "events dropped: the outbox cannot be written and the memory buffer is full");
+            tracing::error!(
+                dropped = overflow,
+                "events dropped: the outbox cannot be written and the memory buffer is full"
+            );
             for hook in &self.inner.hooks {
                 self.inner
                     .metrics
@@ -271,7 +277,10 @@ impl Delivery {
             }
             self.inner.metrics.spilled.set(spill.len() as i64);
             if !self.inner.spill_reported.swap(true, Ordering::Relaxed) {
-                tracing::error!("{err}; holding {} events in memory and retrying every second", spill.len());
+                tracing::error!(
+                    "{err}; holding {} events in memory and retrying every second",
+                    spill.len()
+                );
             }
         } else if self.inner.spill_reported.swap(false, Ordering::Relaxed) {
             tracing::info!("the outbox is writable again; held events stored");
@@ -380,7 +389,11 @@ impl Delivery {
                 stored
             };
             inner.outbox.ack(&hook.target.name, &[oldest.seq])?;
-            inner.metrics.dropped.with_label_values(&[&hook.target.name]).inc();
+            inner
+                .metrics
+                .dropped
+                .with_label_values(&[&hook.target.name])
+                .inc();
             dropped += 1;
         }
         if dropped > 0 {
@@ -407,7 +420,8 @@ impl Delivery {
 
     /// One webhook's dead letters: event id and why it was given up.
     pub fn dead_letters(&self, name: &str) -> Result<Vec<(String, String)>, SinkError> {
-        self.hook(name).ok_or_else(|| SinkError::UnknownWebhook(name.to_owned()))?;
+        self.hook(name)
+            .ok_or_else(|| SinkError::UnknownWebhook(name.to_owned()))?;
         let dead = self.inner.outbox.dead(name)?;
         let seqs: Vec<u64> = dead.iter().map(|(s, _)| s.seq).collect();
         let bodies = self.inner.outbox.load(&seqs)?;
@@ -469,9 +483,12 @@ impl Delivery {
             Format::Single => body,
             Format::Batch => [b"[".as_slice(), &body, b"]"].concat(),
         };
-        let request = hook
-            .target
-            .request(&event.id, Some("test.test"), Bytes::from(body), SystemTime::now());
+        let request = hook.target.request(
+            &event.id,
+            Some("test.test"),
+            Bytes::from(body),
+            SystemTime::now(),
+        );
         let started = Instant::now();
         let (status, _, body) = send(&self.inner.client, hook.target.timeout, request)
             .await
@@ -574,7 +591,9 @@ fn take(lane: &VecDeque<Stored>, format: Format, batch: &BatchConfig) -> Vec<Sto
             let mut bytes = 2;
             let mut out = Vec::new();
             for stored in lane {
-                if !out.is_empty() && (out.len() >= batch.max_events || bytes + stored.size + 1 > batch.max_bytes) {
+                if !out.is_empty()
+                    && (out.len() >= batch.max_events || bytes + stored.size + 1 > batch.max_bytes)
+                {
                     break;
                 }
                 bytes += stored.size + 1;
@@ -675,7 +694,8 @@ async fn run_lane(inner: Arc<Inner>, h: usize, lane: usize) {
                 Bytes::from(bodies[0].1.clone()),
             ),
             Format::Batch => {
-                let mut body = Vec::with_capacity(bodies.iter().map(|(_, b)| b.len() + 1).sum::<usize>() + 2);
+                let mut body =
+                    Vec::with_capacity(bodies.iter().map(|(_, b)| b.len() + 1).sum::<usize>() + 2);
                 body.push(b'[');
                 for (i, (_, b)) in bodies.iter().enumerate() {
                     if i > 0 {
@@ -685,14 +705,25 @@ async fn run_lane(inner: Arc<Inner>, h: usize, lane: usize) {
                 }
                 body.push(b']');
                 // Stable across retries: the same events give the same id.
-                (format!("batch_{}_{}", heads[0].id, heads.len()), None, Bytes::from(body))
+                (
+                    format!("batch_{}_{}", heads[0].id, heads.len()),
+                    None,
+                    Bytes::from(body),
+                )
             }
         };
         if attempt > 0 {
             inner.metrics.retries.with_label_values(&[&name]).inc();
-            hook.state.lock().expect("not poisoned").stats.counters.retries += 1;
+            hook.state
+                .lock()
+                .expect("not poisoned")
+                .stats
+                .counters
+                .retries += 1;
         }
-        let request = hook.target.request(&id, kind.as_deref(), body, SystemTime::now());
+        let request = hook
+            .target
+            .request(&id, kind.as_deref(), body, SystemTime::now());
         let started = Instant::now();
         let result = send(&inner.client, hook.target.timeout, request).await;
         let latency = started.elapsed();
@@ -766,7 +797,12 @@ async fn run_lane(inner: Arc<Inner>, h: usize, lane: usize) {
             }
             Outcome::Retry { after, reason, .. } => {
                 attempt += 1;
-                let wait = retry::backoff(attempt, hook.retry.initial_backoff, hook.retry.max_backoff, after);
+                let wait = retry::backoff(
+                    attempt,
+                    hook.retry.initial_backoff,
+                    hook.retry.max_backoff,
+                    after,
+                );
                 tracing::warn!(webhook = %name, attempt, retry_in = ?wait, "delivery failed: {reason}");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -868,7 +904,11 @@ mod tests {
         batch.max_bytes = 350;
         assert_eq!(take(&lane, Format::Batch, &batch).len(), 3);
         batch.max_bytes = 10;
-        assert_eq!(take(&lane, Format::Batch, &batch).len(), 1, "one oversized event goes alone");
+        assert_eq!(
+            take(&lane, Format::Batch, &batch).len(),
+            1,
+            "one oversized event goes alone"
+        );
         assert_eq!(take(&lane, Format::Single, &batch).len(), 1);
     }
 }

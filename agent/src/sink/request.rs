@@ -54,7 +54,13 @@ pub struct Target {
     signer: Option<Signer>,
 }
 
-fn secret(webhook: &str, what: &'static str, inline: Option<String>, file: Option<&std::path::Path>, env: Option<&str>) -> Result<Option<Zeroizing<String>>, TargetError> {
+fn secret(
+    webhook: &str,
+    what: &'static str,
+    inline: Option<String>,
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> Result<Option<Zeroizing<String>>, TargetError> {
     let error = |message: String| TargetError::Secret {
         webhook: webhook.to_owned(),
         what,
@@ -64,11 +70,15 @@ fn secret(webhook: &str, what: &'static str, inline: Option<String>, file: Optio
         return Ok(Some(Zeroizing::new(value)));
     }
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| error(format!("{}: {e}", path.display())))?;
-        return Ok(Some(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned())));
+        let text =
+            std::fs::read_to_string(path).map_err(|e| error(format!("{}: {e}", path.display())))?;
+        return Ok(Some(Zeroizing::new(
+            text.trim_end_matches(['\n', '\r']).to_owned(),
+        )));
     }
     if let Some(name) = env {
-        let value = std::env::var(name).map_err(|_| error(format!("environment variable {name} is not set")))?;
+        let value = std::env::var(name)
+            .map_err(|_| error(format!("environment variable {name} is not set")))?;
         return Ok(Some(Zeroizing::new(value)));
     }
     Ok(None)
@@ -99,11 +109,21 @@ impl Target {
             Ok::<_, TargetError>(header)
         })
         .transpose()?;
-        let secrets: Vec<String> = match (&config.signing_secret, &config.signing_secret_file, &config.signing_secret_env) {
+        let secrets: Vec<String> = match (
+            &config.signing_secret,
+            &config.signing_secret_file,
+            &config.signing_secret_env,
+        ) {
             (Some(inline), _, _) => inline.list(),
-            (None, file, env) => secret(&config.name, "signing_secret", None, file.as_deref(), env.as_deref())?
-                .map(|text| text.split_whitespace().map(str::to_owned).collect())
-                .unwrap_or_default(),
+            (None, file, env) => secret(
+                &config.name,
+                "signing_secret",
+                None,
+                file.as_deref(),
+                env.as_deref(),
+            )?
+            .map(|text| text.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
         };
         let signer = if secrets.is_empty() {
             None
@@ -141,7 +161,13 @@ impl Target {
 
     /// The request delivering `body`. `id` is the event id (single) or a batch id
     /// stable across retries; `kind` is `entity.event` for single events.
-    pub fn request(&self, id: &str, kind: Option<&str>, body: Bytes, now: SystemTime) -> Request<Full<Bytes>> {
+    pub fn request(
+        &self,
+        id: &str,
+        kind: Option<&str>,
+        body: Bytes,
+        now: SystemTime,
+    ) -> Request<Full<Bytes>> {
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(self.url.clone())

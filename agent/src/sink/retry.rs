@@ -5,6 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use rand::Rng as _;
 
+/// Longest `Retry-After` honoured.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+
 /// The outcome of one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -65,20 +68,29 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let format = time::macros::format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
     );
-    let at = time::PrimitiveDateTime::parse(value, format).ok()?.assume_utc();
+    let at = time::PrimitiveDateTime::parse(value, format)
+        .ok()?
+        .assume_utc();
     Some(SystemTime::from(at).duration_since(now).unwrap_or_default())
 }
 
 /// Backoff before attempt `attempt` (1 after the first failure): a random duration
 /// in `[0, min(max, initial * 2^(attempt-1))]` (full jitter), but never less than
-/// the receiver's `Retry-After`.
-pub fn backoff(attempt: u32, initial: Duration, max: Duration, after: Option<Duration>) -> Duration {
+/// the receiver's `Retry-After` (honoured up to [`RETRY_AFTER_CAP`], even beyond
+/// `max`: the receiver knows when it can take more).
+pub fn backoff(
+    attempt: u32,
+    initial: Duration,
+    max: Duration,
+    after: Option<Duration>,
+) -> Duration {
     let ceiling = initial
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
         .min(max);
-    let jittered = Duration::from_secs_f64(rand::thread_rng().gen_range(0.0..=ceiling.as_secs_f64()));
+    let jittered =
+        Duration::from_secs_f64(rand::thread_rng().gen_range(0.0..=ceiling.as_secs_f64()));
     match after {
-        Some(after) => jittered.max(after.min(max)),
+        Some(after) => jittered.max(after.min(RETRY_AFTER_CAP)),
         None => jittered,
     }
 }
@@ -115,11 +127,24 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         for attempt in 1..30 {
-            let d = backoff(attempt, Duration::from_secs(1), Duration::from_secs(600), None);
+            let d = backoff(
+                attempt,
+                Duration::from_secs(1),
+                Duration::from_secs(600),
+                None,
+            );
             assert!(d <= Duration::from_secs(600));
-            let d = backoff(attempt, Duration::from_secs(1), Duration::from_secs(600), Some(Duration::from_secs(5)));
+            let d = backoff(
+                attempt,
+                Duration::from_secs(1),
+                Duration::from_secs(600),
+                Some(Duration::from_secs(5)),
+            );
             assert!(d >= Duration::from_secs(5));
         }
-        assert!(backoff(1, Duration::from_secs(1), Duration::from_secs(600), None) <= Duration::from_secs(1));
+        assert!(
+            backoff(1, Duration::from_secs(1), Duration::from_secs(600), None)
+                <= Duration::from_secs(1)
+        );
     }
 }

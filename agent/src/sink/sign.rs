@@ -70,7 +70,10 @@ impl Signer {
             ));
             let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
             mac.update(body);
-            plain.push(format!("sha256={}", hex::encode(mac.finalize().into_bytes())));
+            plain.push(format!(
+                "sha256={}",
+                hex::encode(mac.finalize().into_bytes())
+            ));
         }
         Signatures {
             standard: standard.join(" "),

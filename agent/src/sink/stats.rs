@@ -78,7 +78,10 @@ impl WebhookStats {
         } else {
             self.counters.failed += 1;
             self.counters.last_failure = Some(now);
-            self.counters.last_error = record.error.clone().or_else(|| record.status.map(|s| format!("HTTP {s}")));
+            self.counters.last_error = record
+                .error
+                .clone()
+                .or_else(|| record.status.map(|s| format!("HTTP {s}")));
         }
         if self.recent.len() == RECENT {
             self.recent.pop_front();
@@ -88,8 +91,9 @@ impl WebhookStats {
 
     /// Average request latency in milliseconds.
     pub fn average_latency_ms(&self) -> Option<f64> {
-        (self.counters.requests > 0)
-            .then(|| self.counters.latency_total.as_secs_f64() * 1000.0 / self.counters.requests as f64)
+        (self.counters.requests > 0).then(|| {
+            self.counters.latency_total.as_secs_f64() * 1000.0 / self.counters.requests as f64
+        })
     }
 }
 
