@@ -75,7 +75,26 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             })
             .context("starting the event thread")?
     };
-    let agent = wgpulse::agent::start(config, events, None).context("starting the agent")?;
+    let agent =
+        wgpulse::agent::start(config.clone(), events, None).context("starting the agent")?;
+    registry
+        .register(Box::new(wgpulse::metrics::PeerCollector::new(agent.shared())))
+        .context("registering the peer metrics")?;
+    let token = |what, path: &Option<std::path::PathBuf>| {
+        path.as_deref()
+            .map(|p| wgpulse::server::auth::Token::from_file(what, p))
+            .transpose()
+    };
+    let state = wgpulse::server::ApiState {
+        shared: agent.shared(),
+        registry,
+        delivery: (!config.webhooks.is_empty()).then(|| delivery.clone()),
+        api_token: token("api.token_file", &config.api.token_file)?,
+        metrics_token: token("metrics.token_file", &config.metrics.token_file)?,
+    };
+    let server = runtime
+        .block_on(wgpulse::server::start(&config, state))
+        .context("starting the HTTP listener")?;
     runtime.block_on(async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -85,6 +104,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
+    if let Some(server) = server {
+        runtime.block_on(server.shutdown());
+    }
     agent.stop();
     let _ = consumer.join();
     runtime.block_on(delivery.shutdown(std::time::Duration::from_secs(5)));

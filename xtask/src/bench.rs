@@ -14,7 +14,15 @@ pub fn run(part: Option<&str>, quick: bool) -> anyhow::Result<()> {
     if !quick {
         args.push("--release");
     }
-    args.extend(["-q", "-p", "wgpulse-tests", "--bin", "wgpulse-bench", "--", part]);
+    args.extend([
+        "-q",
+        "-p",
+        "wgpulse-tests",
+        "--bin",
+        "wgpulse-bench",
+        "--",
+        part,
+    ]);
     if quick {
         args.push("--quick");
     }

@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "python3-pip",
     "systemd",
+    "prometheus",
 ];
 
 /// The nightly used for the BPF target when the installed `nightly` has another LLVM.

@@ -1,0 +1,155 @@
+//! JSON views of the peer table for the API and `wgpulse peers`: times as RFC 3339,
+//! both views of the traffic side by side, never a key other than public ones.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::peers::{DeviceState, PeerState};
+
+fn rfc3339(at: Option<SystemTime>) -> Option<String> {
+    at.map(|t| {
+        time::OffsetDateTime::from(t)
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("formats")
+    })
+}
+
+/// WireGuard's own counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireGuardView {
+    /// Bytes WireGuard accepted from the peer.
+    pub rx_bytes: u64,
+    /// Bytes WireGuard sent to the peer.
+    pub tx_bytes: u64,
+}
+
+/// The wire view.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireView {
+    /// Valid datagrams received.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Datagrams sent.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Invalid datagrams from the peer's endpoint.
+    pub invalid_packets: u64,
+    /// Datagrams the socket dropped.
+    pub socket_drops: u64,
+    /// Completed handshakes.
+    pub handshakes_completed: u64,
+    /// Handshake initiations received.
+    pub rx_initiations: u64,
+    /// Handshake initiations sent.
+    pub tx_initiations: u64,
+}
+
+/// One peer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PeerView {
+    /// Device.
+    pub device: String,
+    /// Public key.
+    pub public_key: String,
+    /// Display name from `peers_file`.
+    pub name: Option<String>,
+    /// User from `peers_file`.
+    pub user: Option<String>,
+    /// Current endpoint.
+    pub endpoint: Option<String>,
+    /// Allowed IPs.
+    pub allowed_ips: Vec<String>,
+    /// Persistent keepalive (s).
+    pub persistent_keepalive: u16,
+    /// Connected now.
+    pub connected: bool,
+    /// Since when.
+    pub connected_since: Option<String>,
+    /// Last completed handshake.
+    pub last_handshake: Option<String>,
+    /// Its age in seconds.
+    pub last_handshake_age_seconds: Option<f64>,
+    /// Start of the last session.
+    pub session_start: Option<String>,
+    /// WireGuard's counters.
+    pub wireguard: WireGuardView,
+    /// The wire's counters.
+    pub wire: WireView,
+}
+
+impl PeerView {
+    /// The view of a peer at `now`.
+    pub fn new(peer: &PeerState, now: SystemTime) -> Self {
+        Self {
+            device: peer.key.device.clone(),
+            public_key: peer.key.public_key.to_base64(),
+            name: peer.name.as_ref().and_then(|n| n.name.clone()),
+            user: peer.name.as_ref().and_then(|n| n.user.clone()),
+            endpoint: peer.endpoint.map(|e| e.to_string()),
+            allowed_ips: peer.allowed_ips.clone(),
+            persistent_keepalive: peer.persistent_keepalive,
+            connected: peer.connected,
+            connected_since: rfc3339(peer.connected_since),
+            last_handshake: rfc3339(peer.last_handshake),
+            last_handshake_age_seconds: peer
+                .last_handshake
+                .map(|t| now.duration_since(t).map(|d| d.as_secs_f64()).unwrap_or(0.0)),
+            session_start: rfc3339(peer.session_start),
+            wireguard: WireGuardView {
+                rx_bytes: peer.wg.rx_bytes,
+                tx_bytes: peer.wg.tx_bytes,
+            },
+            wire: WireView {
+                rx_packets: peer.wire.rx_packets,
+                rx_bytes: peer.wire.rx_bytes,
+                tx_packets: peer.wire.tx_packets,
+                tx_bytes: peer.wire.tx_bytes,
+                invalid_packets: peer.wire.rx_invalid_packets,
+                socket_drops: peer.wire.socket_drops,
+                handshakes_completed: peer.handshakes_completed(),
+                rx_initiations: peer.wire.handshakes.rx_initiations,
+                tx_initiations: peer.wire.handshakes.tx_initiations,
+            },
+        }
+    }
+}
+
+/// One device.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DeviceView {
+    /// Name.
+    pub name: String,
+    /// Public key.
+    pub public_key: Option<String>,
+    /// Listen port.
+    pub listen_port: u16,
+    /// `kernel` or `userspace`.
+    pub driver: String,
+    /// Valid datagrams from endpoints of no peer.
+    pub unknown_rx_packets: u64,
+    /// Invalid datagrams from endpoints of no peer.
+    pub unknown_invalid_packets: u64,
+    /// Distinct unknown endpoints seen.
+    pub unknown_endpoints_seen: u64,
+}
+
+impl DeviceView {
+    /// The view of a device.
+    pub fn new(device: &DeviceState) -> Self {
+        Self {
+            name: device.name.clone(),
+            public_key: device.public_key.map(|k| k.to_base64()),
+            listen_port: device.listen_port,
+            driver: match device.kind {
+                crate::wg::DeviceKind::Kernel => "kernel".into(),
+                crate::wg::DeviceKind::Userspace => "userspace".into(),
+            },
+            unknown_rx_packets: device.unknown.totals.rx_packets,
+            unknown_invalid_packets: device.unknown.totals.rx_invalid_packets,
+            unknown_endpoints_seen: device.unknown.endpoints_seen,
+        }
+    }
+}
