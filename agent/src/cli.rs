@@ -1,5 +1,5 @@
-//! The command line: `wgpulse run`, `check-config`, `version`. Help text comes from
-//! these doc comments.
+//! The command line: `wgpulse run`, `check-config`, `peers`, `webhook`, `version`.
+//! Help text comes from these doc comments.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,8 +27,62 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show the running agent's peers (asks its local API).
+    Peers {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How to reach the agent.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Inspect and operate the running agent's webhooks.
+    Webhook {
+        /// What to do.
+        #[command(subcommand)]
+        action: WebhookAction,
+        /// How to reach the agent.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Print the version and exit.
     Version,
+}
+
+/// `wgpulse webhook ...`.
+#[derive(Debug, Subcommand)]
+pub enum WebhookAction {
+    /// List webhooks with their delivery statistics.
+    List,
+    /// Send a signed test event to one webhook; print status, latency and response.
+    Test {
+        /// The webhook's name.
+        name: String,
+    },
+    /// Queue a webhook's dead letters again (and unpause it).
+    Replay {
+        /// The webhook's name.
+        name: String,
+    },
+    /// Show a webhook's recent deliveries.
+    Deliveries {
+        /// The webhook's name.
+        name: String,
+    },
+}
+
+/// Where the running agent's API is.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ApiArgs {
+    /// The agent's configuration: its `metrics.listen` and `api.token_file` are used.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    /// Base URL of the agent's API (default: from --config, else http://127.0.0.1:9586).
+    #[arg(long, global = true)]
+    pub api: Option<String>,
+    /// File with the API's bearer token (default: from --config).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `wgpulse run`: flags override the configuration file's keys.

@@ -128,11 +128,17 @@ impl Config {
                 .span()
                 .map(|span| line_column(text, span.start))
                 .unwrap_or((1, 1));
+            let mut message = err.message().to_owned();
+            if let Some(key) = err.span().and_then(|span| key_at(text, span.start)) {
+                if !message.contains(&key) {
+                    message = format!("key `{key}`: {message}");
+                }
+            }
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
                 column,
-                message: err.message().to_owned(),
+                message,
             }
         })?;
         config.validate(path)?;
@@ -206,6 +212,32 @@ impl Config {
     }
 }
 
+/// The dotted key whose value is at `offset` (`table.key` inside a `[table]`), if
+/// the offset is on a `key = value` line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let end = text[offset..]
+        .find('\n')
+        .map(|i| offset + i)
+        .unwrap_or(text.len());
+    let (key, _) = text[start..end].split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let table = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
 /// 1-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -249,5 +281,8 @@ mod tests {
         assert!(err.contains("max_peers"), "{err}");
         let err = parse("drain_interval = \"soon\"").unwrap_err().to_string();
         assert!(err.contains("1:18"), "{err}");
+        assert!(err.contains("`drain_interval`"), "{err}");
+        let err = parse("[alerts]\nwindow = 3\n").unwrap_err().to_string();
+        assert!(err.contains("`alerts.window`"), "{err}");
     }
 }

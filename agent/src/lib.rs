@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod alerts;
+pub mod apiclient;
 pub mod cli;
 pub mod config;
 pub mod drain;

@@ -18,6 +18,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::CheckConfig { config } => return check_config(&config),
+        Command::Peers { json, api } => {
+            return print(wgpulse::apiclient::peers(&api, json));
+        }
+        Command::Webhook { action, api } => {
+            return print(wgpulse::apiclient::webhook(&api, &action));
+        }
         Command::Version => {
             println!("wgpulse {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -78,7 +84,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let agent =
         wgpulse::agent::start(config.clone(), events, None).context("starting the agent")?;
     registry
-        .register(Box::new(wgpulse::metrics::PeerCollector::new(agent.shared())))
+        .register(Box::new(wgpulse::metrics::PeerCollector::new(
+            agent.shared(),
+        )))
         .context("registering the peer metrics")?;
     let token = |what, path: &Option<std::path::PathBuf>| {
         path.as_deref()
@@ -112,6 +120,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(delivery.shutdown(std::time::Duration::from_secs(5)));
     tracing::info!("stopped; datapath detached");
     Ok(())
+}
+
+/// Prints a command's output, or its error as one line with exit code 1.
+fn print(result: Result<String, wgpulse::apiclient::ApiClientError>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("wgpulse: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check_config(path: &Path) -> ExitCode {

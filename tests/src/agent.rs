@@ -11,6 +11,12 @@ use wgpulse::config::Config;
 use wgpulse::events::{Event, EventQueue};
 use wgpulse::status::Shared;
 
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
+use std::sync::Mutex;
+
+use crate::netns::NetNs;
+use crate::process::ChildGuard;
 use crate::wireguard::WgPair;
 
 /// A running agent watching B's device on B's side of the veth.
@@ -126,4 +132,81 @@ pub fn kinds(events: &[Event]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// `wgpulse run` in a namespace, its log lines collected.
+pub struct AgentProcess {
+    /// The process.
+    pub child: ChildGuard,
+    /// Its stderr lines so far.
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl AgentProcess {
+    /// Starts `target/debug/wgpulse run --config <config>` in `ns`.
+    pub fn start(ns: &NetNs, config: &Path) -> Self {
+        let binary = env!("CARGO_MANIFEST_DIR").to_owned() + "/../target/debug/wgpulse";
+        let mut child = ns
+            .command(&[&binary, "run", "--config", config.to_str().unwrap()])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting wgpulse run (build it first: cargo build -p wgpulse)");
+        let stderr = child.stderr.take().unwrap();
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child: ChildGuard::new(child, "wgpulse run"),
+            lines,
+        }
+    }
+
+    /// Log lines containing `needle` so far.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(mut self) {
+        self.child.signal(libc::SIGKILL);
+        self.child.wait_timeout(Duration::from_secs(10));
+    }
+}
+
+/// An HTTP request made from inside `ns` (the agent's listener is on the namespace's
+/// loopback) with Python's urllib; returns the status and the body.
+pub fn http(ns: &NetNs, method: &str, url: &str, token: Option<&str>) -> (u16, String) {
+    let script = r#"
+import sys, urllib.request, urllib.error
+method, url, token = sys.argv[1], sys.argv[2], sys.argv[3]
+request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+if token:
+    request.add_header("Authorization", "Bearer " + token)
+try:
+    with urllib.request.urlopen(request, timeout=30) as response:
+        status, body = response.status, response.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+sys.stdout.write(str(status) + "\n" + body.decode())
+"#;
+    let out = ns.run(&["python3", "-c", script, method, url, token.unwrap_or("")]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
+    (
+        status.trim().parse().expect("a status line"),
+        body.to_owned(),
+    )
 }

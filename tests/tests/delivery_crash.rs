@@ -5,66 +5,16 @@
 //! order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use wgpulse_tests::netns::NetNs;
-use wgpulse_tests::process::{wait_for, ChildGuard};
+use wgpulse_tests::agent::AgentProcess;
+use wgpulse_tests::process::wait_for;
 use wgpulse_tests::receiver::{Receiver, Reply};
 use wgpulse_tests::wireguard::{Underlay, WgKeys, WgPair};
 use wgpulse_tests::{require_root_and_tools, unique_name};
 
 const PEERS: usize = 20;
-
-/// `wgpulse run` in a namespace, its log lines collected.
-struct AgentProcess {
-    child: ChildGuard,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl AgentProcess {
-    fn start(ns: &NetNs, config: &Path) -> Self {
-        let binary = env!("CARGO_MANIFEST_DIR").to_owned() + "/../target/debug/wgpulse";
-        let mut child = ns
-            .command(&[&binary, "run", "--config", config.to_str().unwrap()])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting wgpulse run (build it first: cargo build -p wgpulse)");
-        let stderr = child.stderr.take().unwrap();
-        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[agent] {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Self {
-            child: ChildGuard::new(child, "wgpulse run"),
-            lines,
-        }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn kill(mut self) {
-        self.child.signal(libc::SIGKILL);
-        self.child.wait_timeout(Duration::from_secs(10));
-    }
-}
 
 /// `id=<uuid>` of every event log line.
 fn event_ids(lines: &[String]) -> BTreeSet<String> {

@@ -26,7 +26,9 @@ impl Token {
             path: path.to_owned(),
             message,
         };
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?);
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?,
+        );
         let token = text.trim();
         if token.is_empty() {
             return Err(error("the file is empty".into()));

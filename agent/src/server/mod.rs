@@ -207,9 +207,13 @@ pub async fn start(
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                        {
                             Ok(Ok(tls)) => {
-                                let connection = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                                let connection = builder
+                                    .serve_connection(TokioIo::new(tls), service)
+                                    .into_owned();
                                 let _ = watcher.watch(connection).await;
                             }
                             Ok(Err(err)) => tracing::debug!("TLS handshake failed: {err}"),
@@ -218,7 +222,9 @@ pub async fn start(
                     });
                 }
                 None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
                         let _ = connection.await;

@@ -80,7 +80,10 @@ fn metrics(state: &ApiState) -> Reply {
             .header("content-type", prometheus::TEXT_FORMAT)
             .body(Full::new(Bytes::from(text)))
             .expect("valid response"),
-        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {err}")),
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {err}"),
+        ),
     }
 }
 
@@ -102,7 +105,10 @@ fn ready(state: &ApiState) -> Reply {
         reasons.push(format!("the state directory is not writable: {err}"));
     }
     if reasons.is_empty() {
-        json_reply(StatusCode::OK, json!({"status": "ready", "attached": status.attached}))
+        json_reply(
+            StatusCode::OK,
+            json!({"status": "ready", "attached": status.attached}),
+        )
     } else {
         json_reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -146,7 +152,10 @@ async fn api(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
         }
         (_, ["webhooks", ..]) => webhooks(state, method, &rest[1..]).await,
         (_, ["peers", ..] | ["devices"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
-        _ => error(StatusCode::NOT_FOUND, format!("no route /api/v1/{}", rest.join("/"))),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no route /api/v1/{}", rest.join("/")),
+        ),
     }
 }
 
@@ -159,7 +168,9 @@ async fn webhooks(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
     };
     let unknown = |name: &str| error(StatusCode::NOT_FOUND, format!("no webhook named {name:?}"));
     match (method, rest) {
-        (&Method::GET, []) => json_reply(StatusCode::OK, json!({ "webhooks": delivery.webhooks() })),
+        (&Method::GET, []) => {
+            json_reply(StatusCode::OK, json!({ "webhooks": delivery.webhooks() }))
+        }
         (&Method::GET, [name, "deliveries"]) => match delivery.deliveries(name) {
             Some(records) => json_reply(StatusCode::OK, json!({ "deliveries": records })),
             None => unknown(name),
@@ -183,7 +194,9 @@ async fn webhooks(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
             Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
         },
         (_, [_, "test" | "replay"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
-        (_, [] | [_, "deliveries" | "dead-letters"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (_, [] | [_, "deliveries" | "dead-letters"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        }
         _ => error(StatusCode::NOT_FOUND, "no such webhook route"),
     }
 }

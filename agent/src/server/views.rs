@@ -94,9 +94,11 @@ impl PeerView {
             connected: peer.connected,
             connected_since: rfc3339(peer.connected_since),
             last_handshake: rfc3339(peer.last_handshake),
-            last_handshake_age_seconds: peer
-                .last_handshake
-                .map(|t| now.duration_since(t).map(|d| d.as_secs_f64()).unwrap_or(0.0)),
+            last_handshake_age_seconds: peer.last_handshake.map(|t| {
+                now.duration_since(t)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0)
+            }),
             session_start: rfc3339(peer.session_start),
             wireguard: WireGuardView {
                 rx_bytes: peer.wg.rx_bytes,

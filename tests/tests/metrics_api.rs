@@ -1,0 +1,379 @@
+//! /metrics, the local API and the command line against a running `wgpulse run` next
+//! to wireguard-go: a real Prometheus scrapes it and its series equal `wg show` and the
+//! agent's own table; `promtool check metrics` accepts the exposition; every API route
+//! with and without its token; `wgpulse peers` and `wgpulse check-config`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wgpulse_tests::agent::{http, AgentProcess};
+use wgpulse_tests::process::{wait_for, ChildGuard};
+use wgpulse_tests::receiver::{Receiver, Reply};
+use wgpulse_tests::wireguard::{Underlay, WgPair};
+use wgpulse_tests::{require_root_and_tools, traffic, unique_name};
+
+const AGENT: &str = "127.0.0.1:9586";
+
+fn binary() -> String {
+    env!("CARGO_MANIFEST_DIR").to_owned() + "/../target/debug/wgpulse"
+}
+
+/// Writes a config for an agent in B's namespace; returns its path and state dir.
+fn config(pair: &WgPair, extra: &str) -> (PathBuf, PathBuf) {
+    let state = std::env::temp_dir().join(unique_name("wgpm"));
+    std::fs::create_dir_all(&state).unwrap();
+    let path = state.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = {state:?}\ninterfaces = [{iface:?}]\ndevices = [{dev:?}]\nrefresh_interval = \"500ms\"\ndrain_interval = \"200ms\"\n{extra}",
+            state = state.display().to_string(),
+            iface = pair.link.b.name,
+            dev = pair.wg_b.name,
+        ),
+    )
+    .unwrap();
+    (path, state)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Queries Prometheus (in B's namespace) for one instant value.
+fn query(pair: &WgPair, prometheus: &str, promql: &str) -> Option<f64> {
+    let url = format!("http://{prometheus}/api/v1/query?query={}", percent(promql));
+    let (status, body) = http(&pair.b, "GET", &url, None);
+    assert_eq!(status, 200, "{body}");
+    let value = json(&body);
+    let result = value["data"]["result"].as_array()?.first()?.clone();
+    result["value"][1].as_str()?.parse().ok()
+}
+
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_scrapes_series_equal_to_wg_show_and_the_table() {
+    require_root_and_tools();
+    let pair = WgPair::new(Underlay::V4);
+    let (config, state) = config(&pair, "");
+    let agent = AgentProcess::start(&pair.b, &config);
+    wait_for("the agent to be ready", Duration::from_secs(30), || {
+        agent.count("serving /metrics") > 0
+            && http(&pair.b, "GET", &format!("http://{AGENT}/readyz"), None).0 == 200
+    });
+    traffic::ping(&pair.a, pair.tunnel_addr_b(false), 5);
+
+    // A real Prometheus scraping every second, on B's loopback.
+    let prom_dir = state.join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let prom_config = prom_dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: wgpulse\n    static_configs:\n      - targets: ['{AGENT}']\n"),
+    )
+    .unwrap();
+    let prometheus = "127.0.0.1:9590";
+    let _prom = ChildGuard::new(
+        pair.b
+            .command(&[
+                "prometheus",
+                &format!("--config.file={}", prom_config.display()),
+                &format!("--storage.tsdb.path={}", prom_dir.join("data").display()),
+                &format!("--web.listen-address={prometheus}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting prometheus"),
+        "prometheus",
+    );
+
+    let peer = pair.wg_a.keys.public.clone();
+    let selector = format!("{{public_key=\"{peer}\"}}");
+    let mut last = (0.0, 0.0);
+    wait_for(
+        "Prometheus to hold wg show's values",
+        Duration::from_secs(40),
+        || {
+            let dump = pair.wg_b.peer(&peer);
+            let rx = query(
+                &pair,
+                prometheus,
+                &format!("wireguard_peer_receive_bytes_total{selector}"),
+            );
+            let tx = query(
+                &pair,
+                prometheus,
+                &format!("wireguard_peer_transmit_bytes_total{selector}"),
+            );
+            last = (rx.unwrap_or(-1.0), tx.unwrap_or(-1.0));
+            last == (dump.rx_bytes as f64, dump.tx_bytes as f64)
+        },
+    );
+    let dump = pair.wg_b.peer(&peer);
+    assert_eq!(
+        query(
+            &pair,
+            prometheus,
+            &format!("wireguard_peer_last_handshake_seconds{selector}")
+        ),
+        Some(dump.latest_handshake as f64)
+    );
+    assert_eq!(
+        query(
+            &pair,
+            prometheus,
+            &format!("wireguard_peer_connected{selector}")
+        ),
+        Some(1.0)
+    );
+    let (_, body) = http(
+        &pair.b,
+        "GET",
+        &format!("http://{AGENT}/api/v1/peers"),
+        None,
+    );
+    let table = json(&body);
+    let row = &table["peers"][0];
+    assert_eq!(row["public_key"], peer.as_str());
+    assert_eq!(
+        query(
+            &pair,
+            prometheus,
+            &format!("wireguard_peer_receive_packets_total{selector}")
+        ),
+        row["wire"]["rx_packets"].as_f64()
+    );
+    assert_eq!(
+        query(
+            &pair,
+            prometheus,
+            &format!("wireguard_peer_handshakes_completed_total{selector}")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        query(
+            &pair,
+            prometheus,
+            &format!(
+                "count(wireguard_peer_info{{public_key=\"{peer}\",endpoint=\"{}\"}})",
+                pair.endpoint_a()
+            )
+        ),
+        Some(1.0)
+    );
+
+    // promtool accepts the exposition.
+    let (_, exposition) = http(&pair.b, "GET", &format!("http://{AGENT}/metrics"), None);
+    let file = state.join("exposition.txt");
+    std::fs::write(&file, &exposition).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.kill();
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn every_route_with_and_without_its_token_and_the_cli() {
+    require_root_and_tools();
+    let pair = WgPair::new(Underlay::V4);
+    let receiver = {
+        let _inside = pair.b.enter();
+        Receiver::start()
+    };
+    receiver.script([Reply::Status(400)]);
+    let secrets = std::env::temp_dir().join(unique_name("wgpt"));
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("api"), "api-token-123\n").unwrap();
+    std::fs::write(secrets.join("metrics"), "metrics-token-456\n").unwrap();
+    let (config_path, state) = config(
+        &pair,
+        &format!(
+            "[api]\ntoken_file = {api:?}\n[metrics]\ntoken_file = {metrics:?}\n[[webhooks]]\nname = \"hook\"\nurl = \"{url}\"\nevents = [\"peer_metric.*\"]\n[webhooks.retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n",
+            api = secrets.join("api").display().to_string(),
+            metrics = secrets.join("metrics").display().to_string(),
+            url = receiver.url(),
+        ),
+    );
+    let agent = AgentProcess::start(&pair.b, &config_path);
+    wait_for("the agent to be ready", Duration::from_secs(30), || {
+        agent.count("serving /metrics") > 0
+            && http(&pair.b, "GET", &format!("http://{AGENT}/readyz"), None).0 == 200
+    });
+    traffic::ping(&pair.a, pair.tunnel_addr_b(false), 1);
+    let base = format!("http://{AGENT}");
+    let api = Some("api-token-123");
+    let get =
+        |path: &str, token: Option<&str>| http(&pair.b, "GET", &format!("{base}{path}"), token);
+
+    assert_eq!(get("/healthz", None).0, 200);
+    assert_eq!(get("/readyz", None).0, 200);
+    assert_eq!(get("/metrics", None).0, 401);
+    assert_eq!(get("/metrics", Some("wrong")).0, 401);
+    let (status, exposition) = get("/metrics", Some("metrics-token-456"));
+    assert_eq!(status, 200);
+    assert!(exposition.contains("wgpulse_build_info"));
+    assert!(!exposition.contains("api-token-123") && !exposition.contains("metrics-token-456"));
+    for route in [
+        "/api/v1/peers",
+        "/api/v1/devices",
+        "/api/v1/webhooks",
+        "/api/v1/webhooks/hook/deliveries",
+    ] {
+        let (status, body) = get(route, None);
+        assert_eq!(status, 401, "{route}: {body}");
+        assert!(json(&body)["error"].is_string());
+        assert_eq!(
+            get(route, Some("metrics-token-456")).0,
+            401,
+            "{route} with the other token"
+        );
+        assert_eq!(get(route, api).0, 200, "{route}");
+    }
+    let peer = pair.wg_a.keys.public.clone();
+    let encoded = percent(&peer);
+    let (status, body) = get(&format!("/api/v1/peers/{encoded}"), api);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["public_key"], peer.as_str());
+    let unknown = percent(&wgpulse_tests::wireguard::WgKeys::generate().public);
+    assert_eq!(get(&format!("/api/v1/peers/{unknown}"), api).0, 404);
+    let (status, body) = get("/api/v1/peers/not-a-key", api);
+    assert_eq!(status, 400);
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("public key"));
+    assert_eq!(get("/api/v1/webhooks/nope/deliveries", api).0, 404);
+
+    // The connect event was refused with a 400: a dead letter; replay delivers it.
+    wait_for("the dead letter", Duration::from_secs(10), || {
+        let (_, body) = get("/api/v1/webhooks/hook/dead-letters", api);
+        json(&body)["dead_letters"]
+            .as_array()
+            .is_some_and(|d| d.len() == 1)
+    });
+    let post = |path: &str, token| http(&pair.b, "POST", &format!("{base}{path}"), token);
+    assert_eq!(post("/api/v1/webhooks/hook/replay", None).0, 401);
+    let (status, body) = post("/api/v1/webhooks/hook/replay", api);
+    assert_eq!((status, json(&body)["replayed"].as_u64()), (200, Some(1)));
+    let requests = receiver.wait_for(2, Duration::from_secs(10));
+    assert_eq!(
+        requests[0].header("webhook-id"),
+        requests[1].header("webhook-id")
+    );
+    let (status, body) = post("/api/v1/webhooks/hook/test", api);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["status"], 200);
+    assert_eq!(receiver.requests().last().unwrap().json()["entity"], "test");
+
+    // The command line asks the same API.
+    let cli = |args: &[&str]| {
+        let mut command = vec![binary()];
+        command.extend(args.iter().map(|a| a.to_string()));
+        command.extend(["--config".to_string(), config_path.display().to_string()]);
+        let refs: Vec<&str> = command.iter().map(String::as_str).collect();
+        pair.b.try_run(&refs)
+    };
+    let out = cli(&["peers"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("DEVICE"), "{table}");
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(
+        lines[1].contains(&pair.wg_b.name) && lines[1].contains(&peer) && lines[1].contains("yes"),
+        "{table}"
+    );
+    assert!(lines[1].contains(&pair.endpoint_a().to_string()), "{table}");
+    let out = cli(&["webhook", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        list.starts_with("hook  http://127.0.0.1:") && list.contains("delivered=1 failed=1"),
+        "{list}"
+    );
+    let out = cli(&["webhook", "test", "hook"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("status 200 in "),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["webhook", "test", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.kill();
+    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(&secrets);
+}
+
+#[test]
+fn check_config_names_every_error_by_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        ("max_peers = 10\ndrain_intervall = \"1s\"\n", &["2:1", "drain_intervall"]),
+        ("max_peers = \"many\"\n", &["1:13", "max_peers"]),
+        ("max_peers = 0\n", &["max_peers", "at least 1"]),
+        ("[metrics]\nlisten = \"nowhere\"\n", &["metrics.listen", "nowhere"]),
+        ("[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"\n", &["webhooks[0].url"]),
+        ("[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nevents = [\"peer\"]\n", &["webhooks[0].events", "\"peer\""]),
+        ("[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\n[[webhooks]]\nname = \"a\"\nurl = \"http://y\"\n", &["webhooks[1].name", "duplicate"]),
+        ("[alerts]\nwindow = \"1ms\"\n", &["alerts.window"]),
+        ("[outbox]\nmax_bytes = 10\n", &["outbox.max_bytes"]),
+        ("[[webhooks]]\nname = \"a\"\nurl = \"http://x\"\nsigning_secret = \"s\"\nsigning_secret_env = \"S\"\n", &["webhooks[0].signing_secret"]),
+    ];
+    for (i, (text, wanted)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("case{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(binary())
+            .args(["check-config", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "case {i} must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for want in *wanted {
+            assert!(stderr.contains(want), "case {i}: {want:?} not in {stderr}");
+        }
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[webhooks]]\nname = \"a\"\nurl = \"https://hooks.example.com/x\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["check-config", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = Path::new("");
+}
