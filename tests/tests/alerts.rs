@@ -16,7 +16,7 @@ use wgpulse_tests::wireguard::{Underlay, WgKeys, WgPair};
 use wgpulse_tests::{require_root_and_tools, traffic, unique_name};
 
 fn state_dir() -> PathBuf {
-    std::env::temp_dir().join(unique_name("wgpalert"))
+    std::env::temp_dir().join(unique_name("wgpa"))
 }
 
 /// An agent with short alert thresholds.

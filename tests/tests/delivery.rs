@@ -554,7 +554,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_holds_events_in_memory_until_there_is_room() {
-    let mount = std::env::temp_dir().join(wgpulse_tests::unique_name("wgpdisk"));
+    let mount = std::env::temp_dir().join(wgpulse_tests::unique_name("wgpd"));
     std::fs::create_dir_all(&mount).unwrap();
     run(
         "mount",

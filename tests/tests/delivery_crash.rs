@@ -30,7 +30,7 @@ fn event_ids(lines: &[String]) -> BTreeSet<String> {
 fn sigkill_and_restart_lose_nothing_and_keep_per_peer_order() {
     require_root_and_tools();
     let pair = WgPair::new(Underlay::V4);
-    let state: PathBuf = std::env::temp_dir().join(unique_name("wgpcrash"));
+    let state: PathBuf = std::env::temp_dir().join(unique_name("wgpc"));
     // The receiver lives on B's loopback, where the agent runs (sockets stay in the
     // namespace they were created in).
     let port = {

@@ -78,7 +78,8 @@ fn manifests_validate_against_kubernetes_1_37_and_kustomize_lists_them() {
         "{report}"
     );
 
-    let kustomization = std::fs::read_to_string(deploy().join("kubernetes/kustomization.yaml")).unwrap();
+    let kustomization =
+        std::fs::read_to_string(deploy().join("kubernetes/kustomization.yaml")).unwrap();
     let listed: BTreeSet<String> = kustomization
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- "))
@@ -92,16 +93,37 @@ fn manifests_validate_against_kubernetes_1_37_and_kustomize_lists_them() {
     assert_eq!(listed, present, "the kustomization lists every manifest");
 
     let monitor = std::fs::read_to_string(deploy().join("kubernetes/servicemonitor.yaml")).unwrap();
-    for needle in ["apiVersion: monitoring.coreos.com/v1", "kind: ServiceMonitor", "port: metrics", "path: /metrics"] {
+    for needle in [
+        "apiVersion: monitoring.coreos.com/v1",
+        "kind: ServiceMonitor",
+        "port: metrics",
+        "path: /metrics",
+    ] {
         assert!(monitor.contains(needle), "ServiceMonitor lacks {needle:?}");
     }
     let daemonset = std::fs::read_to_string(deploy().join("kubernetes/daemonset.yaml")).unwrap();
     assert!(daemonset.contains("privileged: false") && !daemonset.contains("privileged: true"));
-    for needle in ["- BPF", "- PERFMON", "- NET_ADMIN", "drop: [\"ALL\"]", "path: /readyz", "path: /healthz", "hostNetwork: true", "automountServiceAccountToken: false", "/var/run/wireguard", "/sys/fs/bpf", "/var/lib/wgpulse", "secretName: wgpulse-secrets"] {
+    for needle in [
+        "- BPF",
+        "- PERFMON",
+        "- NET_ADMIN",
+        "drop: [\"ALL\"]",
+        "path: /readyz",
+        "path: /healthz",
+        "hostNetwork: true",
+        "automountServiceAccountToken: false",
+        "/var/run/wireguard",
+        "/sys/fs/bpf",
+        "/var/lib/wgpulse",
+        "secretName: wgpulse-secrets",
+    ] {
         assert!(daemonset.contains(needle), "DaemonSet lacks {needle:?}");
     }
     let config = std::fs::read_to_string(deploy().join("kubernetes/configmap.yaml")).unwrap();
-    assert!(!config.contains("whsec_") && !config.contains("Bearer"), "secrets belong in the Secret");
+    assert!(
+        !config.contains("whsec_") && !config.contains("Bearer"),
+        "secrets belong in the Secret"
+    );
 }
 
 #[test]
@@ -131,7 +153,11 @@ fn the_systemd_unit_verifies_and_scores_well() {
     let path = dir.path().join("wgpulse.service");
     std::fs::write(&path, unit).unwrap();
     let out = tool("systemd-analyze", &["verify", path.to_str().unwrap()]);
-    assert!(out.status.success(), "systemd-analyze verify:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify:\n{}",
+        text(&out)
+    );
     let out = tool(
         "systemd-analyze",
         &["security", "--offline=true", path.to_str().unwrap()],
@@ -139,12 +165,18 @@ fn the_systemd_unit_verifies_and_scores_well() {
     let report = text(&out);
     let score: f64 = report
         .lines()
-        .find_map(|l| l.split("Overall exposure level for wgpulse.service: ").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for wgpulse.service: ")
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no score in:\n{report}"));
     eprintln!("systemd-analyze security: {score}");
-    assert!(score <= 3.0, "exposure {score} (lower is better):\n{report}");
+    assert!(
+        score <= 3.0,
+        "exposure {score} (lower is better):\n{report}"
+    );
     let sysusers = std::fs::read_to_string(deploy().join("systemd/wgpulse.sysusers.conf")).unwrap();
     assert!(sysusers.lines().any(|l| l.starts_with("u wgpulse ")));
 }
@@ -157,30 +189,52 @@ fn the_containerfile_follows_the_usual_lint_rules() {
         .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
         .filter(|l| !l.starts_with(' '))
         .collect();
-    let froms: Vec<&&str> = instructions.iter().filter(|l| l.starts_with("FROM ")).collect();
+    let froms: Vec<&&str> = instructions
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
     assert!(froms.len() >= 2, "multi-stage build");
     assert!(froms[0].contains(" AS build"), "{froms:?}");
     for from in &froms {
         let image = from.split_whitespace().nth(1).unwrap();
-        assert!(image.contains(':') && !image.ends_with(":latest"), "pinned tag: {image}");
+        assert!(
+            image.contains(':') && !image.ends_with(":latest"),
+            "pinned tag: {image}"
+        );
     }
     assert!(froms.last().unwrap().contains("slim") || froms.last().unwrap().contains("distroless"));
     assert!(!file.contains("\nADD "), "COPY, not ADD");
     for run in file.split("\nRUN ").skip(1) {
         let run = run.split("\n\n").next().unwrap();
         if run.contains("apt-get install") {
-            assert!(run.contains("--no-install-recommends") && run.contains("rm -rf /var/lib/apt/lists"), "{run}");
-            assert!(run.contains("apt-get update"), "update and install in one layer: {run}");
+            assert!(
+                run.contains("--no-install-recommends")
+                    && run.contains("rm -rf /var/lib/apt/lists"),
+                "{run}"
+            );
+            assert!(
+                run.contains("apt-get update"),
+                "update and install in one layer: {run}"
+            );
         }
     }
-    let entry = instructions.iter().find(|l| l.starts_with("ENTRYPOINT")).expect("ENTRYPOINT");
+    let entry = instructions
+        .iter()
+        .find(|l| l.starts_with("ENTRYPOINT"))
+        .expect("ENTRYPOINT");
     assert!(entry.contains("[\""), "exec form: {entry}");
     assert!(file.contains("COPY --from=build /usr/local/bin/wgpulse"));
-    assert!(file.contains("cargo build --release --locked -p wgpulse"), "builds the agent the way the repository does");
+    assert!(
+        file.contains("cargo build --release --locked -p wgpulse"),
+        "builds the agent the way the repository does"
+    );
     // The builder installs the toolchain the repository's own setup installs.
     let setup = std::fs::read_to_string(root().join("xtask/src/setup.rs")).unwrap();
     for package in ["llvm-22-dev", "libpolly-22-dev"] {
-        assert!(setup.contains(package) && file.contains(package), "{package}");
+        assert!(
+            setup.contains(package) && file.contains(package),
+            "{package}"
+        );
     }
     let pinned = setup
         .split("PINNED_NIGHTLY: &str = \"")
@@ -194,9 +248,10 @@ fn the_containerfile_follows_the_usual_lint_rules() {
 
 #[test]
 fn the_dashboard_uses_only_metrics_the_agent_exports() {
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(deploy().join("grafana/wgpulse.json")).unwrap())
-            .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy().join("grafana/wgpulse.json")).unwrap(),
+    )
+    .unwrap();
     assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 36);
     assert!(dashboard["uid"].is_string());
     let variables = dashboard["templating"]["list"].as_array().unwrap();
@@ -211,20 +266,35 @@ fn the_dashboard_uses_only_metrics_the_agent_exports() {
     let panels = dashboard["panels"].as_array().unwrap();
     assert!(panels.len() >= 10);
     for panel in panels {
-        assert_eq!(panel["datasource"]["uid"], "${datasource}", "no hard-coded datasource");
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "no hard-coded datasource"
+        );
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if word.starts_with("wireguard_") || word.starts_with("wgpulse_") {
-                    assert!(source.contains(&format!("\"{word}\"")), "{word} is not exported (panel {})", panel["title"]);
+                    assert!(
+                        source.contains(&format!("\"{word}\"")),
+                        "{word} is not exported (panel {})",
+                        panel["title"]
+                    );
                     used.insert(word.to_owned());
                 }
             }
         }
     }
-    for needed in ["wireguard_peer_connected", "wireguard_peer_receive_bytes_total", "wireguard_peer_socket_drops_total", "wireguard_peer_handshakes_completed_total", "wgpulse_webhook_requests_total"] {
+    for needed in [
+        "wireguard_peer_connected",
+        "wireguard_peer_receive_bytes_total",
+        "wireguard_peer_socket_drops_total",
+        "wireguard_peer_handshakes_completed_total",
+        "wgpulse_webhook_requests_total",
+    ] {
         assert!(used.contains(needed), "the dashboard shows {needed}");
     }
-    let provisioning = std::fs::read_to_string(deploy().join("grafana/provisioning/dashboards/wgpulse.yaml")).unwrap();
+    let provisioning =
+        std::fs::read_to_string(deploy().join("grafana/provisioning/dashboards/wgpulse.yaml"))
+            .unwrap();
     assert!(provisioning.contains("type: file"));
 }

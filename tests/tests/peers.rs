@@ -50,7 +50,7 @@ fn is_state_event(event: &Event) -> bool {
 }
 
 fn state_dir() -> PathBuf {
-    std::env::temp_dir().join(unique_name("wgpstate"))
+    std::env::temp_dir().join(unique_name("wgps"))
 }
 
 /// A pair whose B learns nothing by polling fast enough to fake a connect: B knows

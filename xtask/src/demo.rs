@@ -16,6 +16,75 @@ use anyhow::{bail, Context as _};
 use crate::{cmd, setup};
 
 const SERVER_PORT: u16 = 51820;
+/// The agent's listener in the server namespace.
+const AGENT_PORT: u16 = 9586;
+/// The demo's webhook receiver in the server namespace.
+const RECEIVER_PORT: u16 = 8088;
+/// The demo webhook's signing secret (Standard Webhooks form).
+const SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZGVtby1zZWNyZXQtZGVtbw==";
+
+/// The agent's configuration in the demo.
+const DEMO_CONFIG: &str = r#"state_dir = "{state}"
+refresh_interval = "2s"
+disconnect_after = "15s"
+
+[alerts]
+invalid_flood_per_second = 2
+
+[[webhooks]]
+name = "demo"
+url = "http://127.0.0.1:8088/hook"
+signing_secret = "whsec_ZGVtby1zZWNyZXQtZGVtby1zZWNyZXQtZGVtbw=="
+"#;
+
+/// A webhook receiver that checks each request's Standard Webhooks signature and
+/// prints one line per event.
+const RECEIVER: &str = r#"
+import base64, hashlib, hmac, http.server, json, sys
+port, secret = int(sys.argv[1]), base64.b64decode(sys.argv[2][len("whsec_"):])
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        msg_id, ts = self.headers["webhook-id"], self.headers["webhook-timestamp"]
+        want = "v1," + base64.b64encode(hmac.new(secret, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
+        ok = want in self.headers["webhook-signature"].split(" ")
+        event = json.loads(body)
+        p = event["payload"]
+        detail = ""
+        if event["entity"] == "peer_metric":
+            st = p["Status"]
+            detail = f"connected={st['IsConnected']} endpoint={st['Endpoint']} handshakes={st.get('HandshakesCompleted')}"
+            if "DisconnectReason" in st:
+                detail += f" reason={st['DisconnectReason']}"
+        elif event["entity"] == "peer":
+            detail = f"endpoint={p.get('Endpoint')!r} changed={p.get('ChangedFields', [])}"
+        elif event["entity"] == "alert":
+            detail = f"severity={p['Severity']} subject={p['Subject']}"
+        print(f"{event['entity']}.{event['event']:<10} {event['identifier'][:12]:<12} {detail}  (signature {'ok' if ok else 'BAD'})", flush=True)
+        self.send_response(200 if ok else 401)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", port), Hook)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// Waits `seconds` (the demo lets wall-clock time pass), checking for Ctrl-C.
+fn wait_seconds(interrupted: &AtomicBool, seconds: u64) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        if interrupted.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
 
 /// Everything the demo created; removed on drop, in reverse order.
 #[derive(Default)]
@@ -232,21 +301,54 @@ pub fn run() -> anyhow::Result<()> {
         clients.push((client, wg, key, tunnel));
     }
 
-    step(&interrupted, "starting `wgpulse run` in the server namespace (default: every UP non-WireGuard interface)")?;
+    step(
+        &interrupted,
+        "starting a webhook receiver and `wgpulse run` in the server namespace",
+    )?;
     // A fresh state directory: the demo's devices are new every run.
-    let _ = std::fs::remove_dir_all("/tmp/wgpulse-demo");
+    let state = std::path::Path::new("/tmp/wgpulse-demo");
+    let _ = std::fs::remove_dir_all(state);
+    std::fs::create_dir_all(state)?;
+    let config = state.join("config.toml");
+    std::fs::write(
+        &config,
+        DEMO_CONFIG.replace("{state}", &state.display().to_string()),
+    )?;
+    println!(
+        "config ({}):\n{}",
+        config.display(),
+        indent(&std::fs::read_to_string(&config)?)
+    );
+    let receiver_script = state.join("receiver.py");
+    std::fs::write(&receiver_script, RECEIVER)?;
+    let mut receiver = Command::new("ip")
+        .args(["netns", "exec", &server, "python3", "-u"])
+        .arg(&receiver_script)
+        .args([&RECEIVER_PORT.to_string(), SECRET])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the webhook receiver")?;
+    let receiver_out = receiver.stdout.take().unwrap();
+    demo.children.push(receiver);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver_printer = std::thread::spawn(move || {
+        for line in BufReader::new(receiver_out).lines().map_while(Result::ok) {
+            if line == "ready" {
+                let _ = ready_tx.send(());
+                continue;
+            }
+            println!("  \x1b[32m[webhook]\x1b[0m {line}");
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("the webhook receiver did not start")?;
+
     let mut agent = Command::new("ip")
         .args(["netns", "exec", &server])
         .arg(&agent_binary)
-        .args([
-            "run",
-            "--refresh-interval",
-            "2s",
-            "--state-dir",
-            "/tmp/wgpulse-demo",
-            "--log-level",
-            "info,wgpulse::agent=debug",
-        ])
+        .args(["run", "--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -258,7 +360,9 @@ pub fn run() -> anyhow::Result<()> {
             if line.contains("datapath attached") {
                 let _ = attached_tx.send(());
             }
-            println!("  [agent] {line}");
+            if line.contains("WARN") || line.contains("ERROR") || line.contains("datapath") {
+                println!("  [agent] {line}");
+            }
         }
     });
     demo.children.push(agent);
@@ -267,11 +371,20 @@ pub fn run() -> anyhow::Result<()> {
             .recv_timeout(Duration::from_secs(30))
             .context("the agent did not attach to the three interfaces")?;
     }
+    let cli = |args: &[&str]| -> anyhow::Result<String> {
+        let mut all = vec![agent_binary.to_str().unwrap()];
+        all.extend_from_slice(args);
+        all.extend(["--config", config.to_str().unwrap()]);
+        ns_run(&server, &all)
+    };
 
     for (i, (client, _, _, _)) in clients.iter().enumerate() {
         step(
             &interrupted,
-            &format!("client {} pings the server: a handshake, then data", i + 1),
+            &format!(
+                "client {} pings the server: a handshake, then data (connect within the second)",
+                i + 1
+            ),
         )?;
         ns_run(
             client,
@@ -280,7 +393,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     step(
         &interrupted,
-        "client 1 roams from its IPv4 to its IPv6 address",
+        "client 1 roams from its IPv4 to its IPv6 address (update, and an alert: a new address)",
     )?;
     let (c1, c1_wg, _, _) = &clients[0];
     ns_run(
@@ -296,27 +409,43 @@ pub fn run() -> anyhow::Result<()> {
         ],
     )?;
     ns_run(c1, &["ping", "-q", "-c", "3", "-i", "0.3", "10.202.0.1"])?;
-    step(
-        &interrupted,
-        "a stray sender throws random bytes at the WireGuard port",
-    )?;
+    step(&interrupted, "a stray sender throws random bytes at the WireGuard port (kept apart as unknown; an invalid_flood alert)")?;
     ns_run(
         &clients[2].0,
-        &["python3", "-c", &format!("import os,socket\ns=socket.socket()\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(50): s.sendto(os.urandom(148),('10.201.3.1',{SERVER_PORT}))")],
+        &["python3", "-c", &format!("import os,socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(300): s.sendto(os.urandom(148),('10.201.3.1',{SERVER_PORT}))")],
     )?;
-    std::thread::sleep(Duration::from_secs(3));
-    step(&interrupted, "the server removes client 3")?;
+    wait_seconds(&interrupted, 2)?;
+    step(&interrupted, "the live peer table (`wgpulse peers`)")?;
+    print!("{}", indent(&cli(&["peers"])?));
+    step(&interrupted, "a slice of /metrics")?;
+    let metrics = ns_run(&server, &["python3", "-c", &format!("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{AGENT_PORT}/metrics').read().decode())")])?;
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("wireguard_peer_connected")
+            || l.starts_with("wireguard_peer_receive_bytes_total")
+            || l.starts_with("wgpulse_peer_wire_receive_bytes_total")
+            || l.starts_with("wgpulse_webhook_requests_total")
+            || l.starts_with("wgpulse_device_unknown_invalid")
+    }) {
+        println!("  {line}");
+    }
+    step(&interrupted, "silence: every peer disconnects once its last handshake is older than disconnect_after (15 s here, 180 s by default)")?;
+    wait_seconds(&interrupted, 17)?;
+    step(&interrupted, "the server removes client 3 (a peer.delete)")?;
     ns_run(
         &server,
         &["wg", "set", &server_wg, "peer", &clients[2].2, "remove"],
     )?;
-    std::thread::sleep(Duration::from_secs(3));
+    wait_seconds(&interrupted, 3)?;
+    step(
+        &interrupted,
+        "webhook delivery statistics (`wgpulse webhook list`)",
+    )?;
+    print!("{}", indent(&cli(&["webhook", "list"])?));
     step(&interrupted, "WireGuard's own view on the server (wg show)")?;
     print!(
         "{}",
-        ns_run(&server, &["wg", "show", &server_wg, "transfer"])?
+        indent(&ns_run(&server, &["wg", "show", &server_wg, "transfer"])?)
     );
-
     let count_links = || {
         cmd::output("bpftool", &["prog", "list"])
             .unwrap_or_default()
@@ -336,6 +465,7 @@ pub fn run() -> anyhow::Result<()> {
         let _ = agent.wait();
     }
     let _ = printer.join();
+    let _ = receiver_printer;
     // The kernel frees programs shortly after the last reference (the process's fds,
     // or a leaked link) goes away: wait for that, with a deadline.
     let deadline = Instant::now() + Duration::from_secs(10);
