@@ -360,7 +360,11 @@ pub fn run() -> anyhow::Result<()> {
             if line.contains("datapath attached") {
                 let _ = attached_tx.send(());
             }
-            if line.contains("WARN") || line.contains("ERROR") || line.contains("datapath") {
+            // Events and alerts are shown by the receiver; the agent's own
+            // problems and its attach/detach are shown here.
+            if (line.contains("WARN") || line.contains("ERROR") || line.contains("datapath"))
+                && !line.contains(" alert ")
+            {
                 println!("  [agent] {line}");
             }
         }

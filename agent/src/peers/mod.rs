@@ -418,10 +418,12 @@ impl PeerTable {
                     if !fields.is_empty() {
                         state.updated_at = now;
                         let new_address = if fields.contains(&"Endpoint") {
+                            // The first address a peer is seen at is not news.
+                            let first = state.addresses_seen.is_empty();
                             state
                                 .endpoint
                                 .map(|e| e.ip())
-                                .filter(|ip| state.remember_address(*ip))
+                                .filter(|ip| state.remember_address(*ip) && !first)
                         } else {
                             None
                         };
@@ -660,7 +662,9 @@ impl PeerTable {
         peer.endpoint = Some(to);
         peer.endpoint_noticed_at = Some(at);
         peer.updated_at = now;
-        let new_address = peer.remember_address(to.ip()).then_some(to.ip());
+        // The first address a peer is seen at is not news.
+        let first = peer.addresses_seen.is_empty();
+        let new_address = (peer.remember_address(to.ip()) && !first).then_some(to.ip());
         let id = (key.device.clone(), to);
         self.former.remove(&id);
         self.owners.insert(id.clone(), key.public_key);

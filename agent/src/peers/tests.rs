@@ -575,3 +575,26 @@ fn a_roam_to_an_address_never_used_is_flagged_once() {
         .changes;
     assert_eq!(flag(&c), None, "back to an address it used before");
 }
+
+#[test]
+fn the_first_address_learned_is_not_a_new_address_alert() {
+    let mut peer = wg_peer(1, "192.0.2.1:1000", None);
+    peer.endpoint = None;
+    let mut table = table_with(vec![peer], t(0));
+    let changes = table.apply_devices(
+        &[device(vec![wg_peer(1, "192.0.2.1:1000", None)])],
+        t(1),
+        t(1),
+    );
+    match &changes[..] {
+        [Change::Peer {
+            fields,
+            new_address,
+            ..
+        }] => {
+            assert_eq!(fields, &["Endpoint"]);
+            assert_eq!(*new_address, None);
+        }
+        other => panic!("{other:?}"),
+    }
+}
