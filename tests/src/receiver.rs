@@ -145,6 +145,12 @@ impl Receiver {
         self.state.0.lock().unwrap().requests.clone()
     }
 
+    /// The requests after the first `skip`.
+    pub fn requests_since(&self, skip: usize) -> Vec<Received> {
+        let state = self.state.0.lock().unwrap();
+        state.requests.iter().skip(skip).cloned().collect()
+    }
+
     /// Waits until at least `n` requests arrived; panics after `timeout`.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let deadline = Instant::now() + timeout;

@@ -1,28 +1,20 @@
-//! `cargo xtask bench [datapath] [--quick]`: runs the benchmark binary (it loads
-//! eBPF, so as root) and prints its report.
+//! `cargo xtask bench [part...] [--quick]`: builds and runs the benchmark binary (it
+//! loads eBPF and creates namespaces, so as root) for the parts asked (default all),
+//! which prints a table per part and writes `target/bench/report.{json,md}` with SVG
+//! plots.
 
-use crate::cmd;
+use crate::{cmd, setup};
 
-pub fn run(part: Option<&str>, quick: bool) -> anyhow::Result<()> {
-    let part = part.unwrap_or("datapath");
-    if part != "datapath" {
-        anyhow::bail!("unknown benchmark {part:?}: available: datapath");
-    }
-    // The kernel times the programs, so the quick check (CI) reuses the debug build;
-    // the full report is built in release like everything it reports on.
+pub fn run(parts: &[String], quick: bool) -> anyhow::Result<()> {
+    setup::run()?;
+    // The quick check (CI) reuses the debug build: it only proves the bench works.
+    // The full report is built in release like everything it reports on.
     let mut args = vec!["run"];
     if !quick {
         args.push("--release");
     }
-    args.extend([
-        "-q",
-        "-p",
-        "wgpulse-tests",
-        "--bin",
-        "wgpulse-bench",
-        "--",
-        part,
-    ]);
+    args.extend(["-q", "-p", "wgpulse-tests", "--bin", "wgpulse-bench", "--"]);
+    args.extend(parts.iter().map(String::as_str));
     if quick {
         args.push("--quick");
     }

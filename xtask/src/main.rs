@@ -25,13 +25,16 @@ enum Task {
     Setup,
     /// Build the eBPF object and the agent (release).
     Build,
-    /// The demo: wireguard-go peers in namespaces, the agent watching them, traffic,
-    /// a roam, garbage and a peer removal; everything torn down afterwards.
+    /// The demo: wireguard-go peers in namespaces, the agent and a webhook receiver
+    /// watching them, traffic, a roam, garbage, disconnects and a peer removal;
+    /// everything torn down afterwards.
     Demo,
-    /// Benchmarks (medians of repeated runs, ratios measured side by side).
+    /// Benchmarks (medians of repeated runs, ratios measured side by side): prints a
+    /// table per part and writes target/bench/report.{json,md} with SVG plots.
     Bench {
-        /// Which part: `datapath`.
-        part: Option<String>,
+        /// Parts: datapath, tunnel, connect, drain, scrape, delivery, footprint
+        /// (default: all, then the report).
+        parts: Vec<String>,
         /// A reduced version for CI (checks that the bench still works).
         #[arg(long)]
         quick: bool,
@@ -49,7 +52,7 @@ fn main() {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Demo => demo::run(),
-        Task::Bench { part, quick } => bench::run(part.as_deref(), quick),
+        Task::Bench { parts, quick } => bench::run(&parts, quick),
         Task::Build => cmd::cargo(&["build", "--release", "-p", "wgpulse"]),
         Task::Test { no_setup } => test::run(!no_setup),
     };

@@ -1,4 +1,4 @@
-//! `cargo xtask bench datapath`: the classifier's cost per packet measured with
+//! Part 1, datapath cost: the classifier's cost per packet measured with
 //! `BPF_PROG_TEST_RUN` on a private copy of the datapath, as medians over repeated
 //! rounds, each case also as a ratio to the no-op program measured in the same run.
 
@@ -15,10 +15,7 @@ const REPEAT: u32 = 100_000;
 const NEW_PEER_SAMPLES: u16 = 3_000;
 const PORT: u16 = 51820;
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
+use crate::report::{median, Part, Row};
 
 /// Median ns per packet of `frame` through `program` (averaged over REPEAT per round).
 fn per_packet(
@@ -56,8 +53,8 @@ fn datapath() -> Datapath {
     datapath
 }
 
-fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+/// Runs the part.
+pub fn run(quick: bool) -> Part {
     let (rounds, repeat) = if quick { (5, 20_000) } else { (ROUNDS, REPEAT) };
     let local4: SocketAddr = "192.0.2.1:51820".parse().unwrap();
     let remote4: SocketAddr = "198.51.100.7:40000".parse().unwrap();
@@ -94,10 +91,11 @@ fn main() {
         .collect();
     let new_peer = median(samples);
 
-    println!(
-        "datapath cost per packet (BPF_PROG_TEST_RUN, median of {rounds} rounds x {repeat} runs)"
+    let mut part = Part::new(
+        "datapath",
+        "Datapath cost per packet",
+        &format!("BPF_PROG_TEST_RUN on a private copy of the programs, median of {rounds} rounds x {repeat} runs; ratio to the no-op program in the same run"),
     );
-    println!("{:<34} {:>10} {:>10}", "case", "ns/packet", "x no-op");
     for (case, ns) in [
         ("no-op program", noop),
         ("transport, known peer, IPv4", known4),
@@ -106,17 +104,17 @@ fn main() {
         ("new peer's first packet", new_peer),
         ("UDP to another port", other_udp),
     ] {
-        println!("{case:<34} {ns:>10.1} {:>10.2}", ns / noop);
+        part.rows
+            .push(Row::new(case, ns, "ns/packet").ratio(ns / noop, "x no-op"));
     }
     let worst_known = known4.max(known6);
-    println!(
-        "target: known-peer transport <= 120 ns and <= 6x no-op: {:.1} ns, {:.2}x -> {}",
-        worst_known,
-        worst_known / noop,
-        if worst_known <= 120.0 && worst_known / noop <= 6.0 {
-            "met"
-        } else {
-            "NOT met"
-        }
+    part.rows.push(
+        Row::new(
+            "known-peer transport (worst family)",
+            worst_known,
+            "ns/packet",
+        )
+        .target("<= 120 ns", worst_known <= 120.0),
     );
+    part
 }

@@ -1,0 +1,123 @@
+//! Part 6, delivery: events per second to a loopback receiver with the durable outbox
+//! on (every append and every acknowledgement fsynced), in batch and in single mode,
+//! and the latency from an event's creation to the receiver having it (p50, p99).
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use wgpulse::config::Config;
+use wgpulse::events::Event;
+use wgpulse::sink::Delivery;
+use wgpulse_tests::receiver::Receiver;
+
+use crate::report::{percentile, Part, Row};
+
+/// Delivers `n` events through one webhook of `format`; returns (events/s, p50 ms, p99 ms).
+fn measure(format: &str, n: usize) -> (f64, f64, f64) {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "state_dir = {:?}\n[[webhooks]]\nname = \"bench\"\nurl = \"{}\"\nformat = \"{format}\"\nconcurrency = 8\n[webhooks.batch]\nmax_events = 500\nmax_wait = \"50ms\"\n",
+        dir.path().display().to_string(),
+        receiver.url()
+    );
+    let config = Config::parse(&text, Path::new("bench.toml")).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = prometheus::Registry::new();
+    let delivery = Delivery::start(&config, runtime.handle(), &registry).unwrap();
+    let (wall0, mono0) = (SystemTime::now(), Instant::now());
+    let events: Vec<Event> = (0..n)
+        .map(|i| {
+            Event::new(
+                "bench",
+                "peer_metric",
+                "connect",
+                &format!("peer-{}", i % 1000),
+                serde_json::json!({"Status": {"IsConnected": true, "N": i}}),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in events.chunks(1000) {
+        delivery.accept(chunk);
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut received = 0;
+    let mut requests = Vec::new();
+    while received < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {received} of {n} events arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let new = receiver.requests_since(requests.len());
+        received += new
+            .iter()
+            .map(|r| match r.json() {
+                serde_json::Value::Array(a) => a.len(),
+                _ => 1,
+            })
+            .sum::<usize>();
+        requests.extend(new);
+    }
+    let last = requests.iter().map(|r| r.at).max().unwrap();
+    let rate = n as f64 / (last - started).as_secs_f64();
+    let mut latencies = Vec::with_capacity(n);
+    for request in &requests {
+        let arrived = wall0 + (request.at - mono0);
+        let body = request.json();
+        let items = match body {
+            serde_json::Value::Array(a) => a,
+            one => vec![one],
+        };
+        for item in items {
+            let created = time::OffsetDateTime::parse(
+                item["timestamp"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap();
+            let created = SystemTime::from(created);
+            latencies.push(
+                arrived
+                    .duration_since(created)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1000.0,
+            );
+        }
+    }
+    runtime.block_on(delivery.shutdown(Duration::from_secs(2)));
+    (
+        rate,
+        percentile(latencies.clone(), 50.0),
+        percentile(latencies, 99.0),
+    )
+}
+
+/// Runs the part.
+pub fn run(quick: bool) -> Part {
+    let (batched_n, single_n) = if quick { (5_000, 300) } else { (50_000, 3_000) };
+    let mut part = Part::new(
+        "delivery",
+        "Webhook delivery",
+        &format!("{batched_n} events batched (500 per request) and {single_n} single, to a loopback HTTP/1.1 receiver, outbox fsynced; latency from event creation to arrival"),
+    );
+    let (batched, b50, b99) = measure("batch", batched_n);
+    let (single, s50, s99) = measure("single", single_n);
+    part.rows.push(
+        Row::new("batched throughput", batched, "events/s")
+            .target(">= 50000 events/s", batched >= 50_000.0),
+    );
+    part.rows.push(Row::new("batched latency p50", b50, "ms"));
+    part.rows.push(Row::new("batched latency p99", b99, "ms"));
+    part.rows.push(
+        Row::new("single throughput", single, "events/s").ratio(single / batched, "x batched"),
+    );
+    part.rows.push(Row::new("single latency p50", s50, "ms"));
+    part.rows.push(Row::new("single latency p99", s99, "ms"));
+    part
+}

@@ -1,0 +1,151 @@
+//! Part 5, scrape: one scrape of wgpulse's /metrics against
+//! prometheus_wireguard_exporter 3.6.6 (installed from crates.io by the full bench)
+//! scraping the same wireguard-go device with 1k and 10k peers, median wall time and
+//! CPU per scrape of each, side by side in one run, as a ratio.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wgpulse_tests::process::{wait_for, ChildGuard};
+
+use crate::bigdevice::{cpu_seconds, BigDevice, AGENT};
+use crate::report::{median, Part, Row};
+
+const EXPORTER_VERSION: &str = "3.6.6";
+const EXPORTER: &str = "127.0.0.1:9587";
+
+/// The exporter's binary, installed into `target/bench/tools` if missing.
+fn exporter() -> PathBuf {
+    let root = crate::report::dir().join("tools");
+    let binary = root.join("bin/prometheus_wireguard_exporter");
+    if !binary.exists() {
+        println!("installing prometheus_wireguard_exporter {EXPORTER_VERSION} (once)");
+        let status = std::process::Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "prometheus_wireguard_exporter",
+                "--version",
+                EXPORTER_VERSION,
+                "--root",
+            ])
+            .arg(&root)
+            .status()
+            .expect("cargo install");
+        assert!(
+            status.success(),
+            "installing prometheus_wireguard_exporter failed"
+        );
+    }
+    binary
+}
+
+/// Median wall ms of `scrapes` GETs of `url` from inside B's namespace, and the
+/// serving process's CPU ms per scrape.
+fn time_scrapes(device: &BigDevice, url: &str, pid: u32, scrapes: usize) -> (f64, f64) {
+    let script = format!(
+        "import time, urllib.request\n\
+         ts = []\n\
+         for i in range({scrapes}):\n\
+         \x20   t = time.perf_counter()\n\
+         \x20   body = urllib.request.urlopen('{url}', timeout=120).read()\n\
+         \x20   ts.append((time.perf_counter() - t) * 1000)\n\
+         \x20   assert len(body) > 0\n\
+         print(' '.join(str(t) for t in ts))\n"
+    );
+    let before = cpu_seconds(pid);
+    let out = device
+        .pair
+        .b
+        .run_timeout(&["python3", "-c", &script], Duration::from_secs(900));
+    let cpu = (cpu_seconds(pid) - before) * 1000.0 / scrapes as f64;
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    (median(times), cpu)
+}
+
+/// Runs the part.
+pub fn run(quick: bool) -> Part {
+    let sizes: &[usize] = if quick { &[1_000] } else { &[1_000, 10_000] };
+    let scrapes = if quick { 5 } else { 15 };
+    let exporter = (!quick).then(exporter);
+    let mut part = Part::new(
+        "scrape",
+        "Scrape",
+        &format!("median of {scrapes} scrapes of /metrics on a wireguard-go device with N synthetic peers, traffic from every peer's endpoint; wgpulse vs prometheus_wireguard_exporter {EXPORTER_VERSION} side by side{}", if quick { " (quick: wgpulse only)" } else { "" }),
+    );
+    for &n in sizes {
+        let device = BigDevice::start(n);
+        device.traffic(1);
+        let body_check = wgpulse_tests::agent::http(
+            &device.pair.b,
+            "GET",
+            &format!("http://{AGENT}/metrics"),
+            None,
+        )
+        .1;
+        assert!(
+            body_check.matches("wireguard_peer_info{").count() >= n,
+            "every peer is exported"
+        );
+        let (ours, ours_cpu) = time_scrapes(
+            &device,
+            &format!("http://{AGENT}/metrics"),
+            device.pid(),
+            scrapes,
+        );
+        part.rows
+            .push(Row::new(&format!("wgpulse, {n} peers"), ours, "ms/scrape"));
+        part.rows.push(Row::new(
+            &format!("wgpulse CPU, {n} peers"),
+            ours_cpu,
+            "ms CPU/scrape",
+        ));
+        if let Some(exporter) = &exporter {
+            let child = device
+                .pair
+                .b
+                .command(&[exporter.to_str().unwrap(), "-l", "127.0.0.1", "-p", "9587"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("starting the exporter");
+            let guard = ChildGuard::new(child, "prometheus_wireguard_exporter");
+            wait_for("the exporter", Duration::from_secs(30), || {
+                wgpulse_tests::agent::http(
+                    &device.pair.b,
+                    "GET",
+                    &format!("http://{EXPORTER}/metrics"),
+                    None,
+                )
+                .0 == 200
+            });
+            let (theirs, theirs_cpu) = time_scrapes(
+                &device,
+                &format!("http://{EXPORTER}/metrics"),
+                guard.id(),
+                scrapes,
+            );
+            let ratio = theirs / ours;
+            let mut row = Row::new(
+                &format!("prometheus_wireguard_exporter, {n} peers"),
+                theirs,
+                "ms/scrape",
+            )
+            .ratio(ratio, "x slower than wgpulse");
+            if n == 10_000 {
+                row = row.target("wgpulse >= 20x faster at 10k", ratio >= 20.0);
+            }
+            part.rows.push(row);
+            part.rows.push(Row::new(
+                &format!("exporter CPU, {n} peers"),
+                theirs_cpu,
+                "ms CPU/scrape",
+            ));
+        }
+        device.agent.kill();
+    }
+    part
+}

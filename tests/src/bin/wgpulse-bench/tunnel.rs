@@ -1,0 +1,100 @@
+//! Part 2, tunnel overhead: iperf3 through a wireguard-go tunnel between two
+//! namespaces, alternating runs without and with the agent attached (A B A B ...), the
+//! throughput ratio with/without, and the classifiers' own run time per packet under
+//! that load from the kernel's `bpf_stats`.
+
+use std::time::Duration;
+
+use wgpulse_tests::agent::InProcessAgent;
+use wgpulse_tests::traffic::{iperf3_client, Amount, Iperf3Server};
+use wgpulse_tests::wireguard::{Underlay, WgPair};
+
+use crate::report::{median, Part, Row};
+
+/// Throughput of one iperf3 run, bits per second.
+fn throughput(pair: &WgPair, server: &Iperf3Server, seconds: u32) -> f64 {
+    let out = iperf3_client(
+        &pair.a,
+        server,
+        Amount::Seconds(seconds),
+        false,
+        None,
+        Duration::from_secs(u64::from(seconds) + 30),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+}
+
+/// Total run time and run count of the agent's attached classifiers.
+fn bpf_stats() -> (u64, u64) {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
+    let programs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut time = 0;
+    let mut count = 0;
+    for program in programs.as_array().cloned().unwrap_or_default() {
+        let name = program["name"].as_str().unwrap_or_default();
+        if name.starts_with("wgpulse_ingress") || name.starts_with("wgpulse_egress") {
+            time += program["run_time_ns"].as_u64().unwrap_or(0);
+            count += program["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    (time, count)
+}
+
+/// Runs the part.
+pub fn run(quick: bool) -> Part {
+    let (rounds, seconds) = if quick { (2, 2) } else { (5, 5) };
+    let pair = WgPair::new(Underlay::V4);
+    let server = Iperf3Server::start(&pair.b, pair.tunnel_addr_b(false), 5201);
+    let state = tempfile::tempdir().unwrap();
+    let previous =
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enabling bpf_stats");
+    // Warm up the tunnel (handshake, TCP slow start).
+    throughput(&pair, &server, 1);
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut per_packet = Vec::new();
+    for _ in 0..rounds {
+        without.push(throughput(&pair, &server, seconds));
+        let agent = InProcessAgent::start(&pair, InProcessAgent::config(&pair, state.path()));
+        let (t0, c0) = bpf_stats();
+        with.push(throughput(&pair, &server, seconds));
+        let (t1, c1) = bpf_stats();
+        if c1 > c0 {
+            per_packet.push((t1 - t0) as f64 / (c1 - c0) as f64);
+        }
+        agent.stop();
+    }
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous.trim());
+    let (off, on) = (median(without), median(with));
+    let ratio = on / off;
+    let mut part = Part::new(
+        "tunnel",
+        "Tunnel overhead",
+        &format!("iperf3 TCP through wireguard-go between two namespaces, {rounds} alternating pairs of {seconds} s runs without/with the agent attached; bpf_stats under that load"),
+    );
+    part.rows.push(Row::new(
+        "throughput without the agent",
+        off / 1e6,
+        "Mbit/s",
+    ));
+    part.rows.push(
+        Row::new("throughput with the agent", on / 1e6, "Mbit/s")
+            .ratio(ratio, "x without")
+            .target("ratio >= 0.98", ratio >= 0.98),
+    );
+    if !per_packet.is_empty() {
+        part.rows.push(Row::new(
+            "classifier run time under load (bpf_stats)",
+            median(per_packet),
+            "ns/packet",
+        ));
+    }
+    part
+}
