@@ -38,6 +38,9 @@ pub enum AgentError {
     Thread(&'static str, #[source] std::io::Error),
 }
 
+/// How long the pipeline waits for its events to reach the outbox before saving.
+const STORE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Bound of the channel between the drain thread and the pipeline.
 const DATAPATH_CHANNEL: usize = 1024;
 
@@ -277,6 +280,12 @@ impl Pipeline {
             }
         }
         self.raise(alerts);
+        // The state describing the change is saved only once its events are in the
+        // outbox: a crash in between repeats an event at the next start, never
+        // loses one.
+        if !self.events.wait_stored(STORE_TIMEOUT) {
+            tracing::error!("events not stored within {STORE_TIMEOUT:?}: saving the state anyway");
+        }
         self.save();
     }
 
@@ -384,7 +393,13 @@ impl Pipeline {
         if let Err(err) = self.datapath.set_ports(&ports) {
             tracing::error!("updating the port map: {err}");
         }
-        if devices != self.devices {
+        let summary = |devices: &[Device]| -> Vec<(String, u16, usize)> {
+            devices
+                .iter()
+                .map(|d| (d.name.clone(), d.listen_port, d.peers.len()))
+                .collect()
+        };
+        if summary(&devices) != summary(&self.devices) || self.devices.is_empty() {
             tracing::info!(
                 devices = ?devices.iter().map(|d| (&d.name, d.listen_port, d.peers.len())).collect::<Vec<_>>(),
                 "WireGuard devices"

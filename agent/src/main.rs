@@ -66,7 +66,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let delivery = wgpulse::sink::Delivery::start(&config, runtime.handle(), &registry)
         .context("starting webhook delivery")?;
-    let (events, received) = wgpulse::events::EventQueue::bounded(EVENT_QUEUE);
+    let (events, received, stored) = wgpulse::events::EventQueue::durable(EVENT_QUEUE);
     let consumer = {
         let delivery = delivery.clone();
         std::thread::Builder::new()
@@ -78,6 +78,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     let mut batch = vec![first];
                     batch.extend(received.try_iter().take(EVENT_BATCH - 1));
                     delivery.accept(&batch);
+                    stored.stored(batch.len());
                 }
             })
             .context("starting the event thread")?

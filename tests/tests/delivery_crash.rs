@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wgpulse_tests::agent::AgentProcess;
+use wgpulse_tests::agent::{http, AgentProcess};
 use wgpulse_tests::process::wait_for;
 use wgpulse_tests::receiver::{Receiver, Reply};
 use wgpulse_tests::wireguard::{Underlay, WgKeys, WgPair};
@@ -80,6 +80,18 @@ fn sigkill_and_restart_lose_nothing_and_keep_per_peer_order() {
     });
     let expected = event_ids(&agent.lines.lock().unwrap());
     assert_eq!(expected.len(), 2 * PEERS);
+    // Accepted means stored: wait until the outbox holds them all, then kill.
+    wait_for("every event in the outbox", Duration::from_secs(20), || {
+        let (status, body) = http(
+            &pair.b,
+            "GET",
+            "http://127.0.0.1:9586/api/v1/webhooks",
+            None,
+        );
+        status == 200
+            && serde_json::from_str::<serde_json::Value>(&body).unwrap()["webhooks"][0]["queued"]
+                == 2 * PEERS
+    });
     agent.kill();
 
     // A slow receiver; killed again mid-delivery.

@@ -7,7 +7,7 @@ pub mod queue;
 
 use serde::{Deserialize, Serialize};
 
-pub use queue::{EventQueue, QueueClosed, QueueStats};
+pub use queue::{EventQueue, QueueClosed, QueueStats, StoredHandle};
 
 use crate::peers::{Change, ChangeKind};
 

@@ -1,11 +1,16 @@
 //! The bounded channel events leave the peers stage on. When it is full the producer
 //! blocks (events are never dropped here) and the time it spent blocked is counted,
 //! so a slow consumer shows up in the metrics instead of as lost events.
+//!
+//! A queue made with [`EventQueue::durable`] also lets the producer wait until the
+//! consumer has stored everything sent so far ([`EventQueue::wait_stored`]): the
+//! pipeline saves its peer state only after the events describing the change are in
+//! the outbox, so a crash in between repeats an event rather than losing it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -44,11 +49,35 @@ impl QueueStats {
     }
 }
 
+/// How far the consumer has stored what was sent.
+#[derive(Debug, Default)]
+struct Progress {
+    sent: AtomicU64,
+    stored: Mutex<u64>,
+    advanced: Condvar,
+}
+
+/// The consumer's side of a durable queue: report events as stored.
+#[derive(Clone, Debug)]
+pub struct StoredHandle {
+    progress: Arc<Progress>,
+}
+
+impl StoredHandle {
+    /// `count` more events (in the order received) are stored.
+    pub fn stored(&self, count: usize) {
+        let mut stored = self.progress.stored.lock().expect("not poisoned");
+        *stored += count as u64;
+        self.progress.advanced.notify_all();
+    }
+}
+
 /// The producer side.
 #[derive(Clone, Debug)]
 pub struct EventQueue {
     sender: Sender<Event>,
     stats: Arc<QueueStats>,
+    progress: Option<Arc<Progress>>,
 }
 
 impl EventQueue {
@@ -59,14 +88,49 @@ impl EventQueue {
             Self {
                 sender,
                 stats: Arc::default(),
+                progress: None,
             },
             receiver,
         )
     }
 
+    /// A queue whose consumer reports what it has stored (see the module docs).
+    pub fn durable(capacity: usize) -> (Self, Receiver<Event>, StoredHandle) {
+        let (mut queue, receiver) = Self::bounded(capacity);
+        let progress = Arc::new(Progress::default());
+        queue.progress = Some(progress.clone());
+        (queue, receiver, StoredHandle { progress })
+    }
+
+    /// Waits until the consumer has stored every event sent so far (at most
+    /// `timeout`; false if it did not). Returns at once for a plain queue.
+    pub fn wait_stored(&self, timeout: Duration) -> bool {
+        let Some(progress) = &self.progress else {
+            return true;
+        };
+        let sent = progress.sent.load(Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        let mut stored = progress.stored.lock().expect("not poisoned");
+        while *stored < sent {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            stored = progress
+                .advanced
+                .wait_timeout(stored, left)
+                .expect("not poisoned")
+                .0;
+        }
+        true
+    }
+
     /// Sends one event, blocking while the queue is full.
     pub fn send(&self, event: Event) -> Result<(), QueueClosed> {
         let kind = event.kind();
+        if let Some(progress) = &self.progress {
+            progress.sent.fetch_add(1, Ordering::SeqCst);
+        }
         match self.sender.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Disconnected(_)) => return Err(QueueClosed),
@@ -131,6 +195,27 @@ mod tests {
         assert_eq!(ids, ["0", "1", "2"]);
         assert_eq!(queue.stats().by_kind()["peer.update"], 3);
         assert!(queue.stats().blocked_seconds() > 0.0);
+    }
+
+    #[test]
+    fn the_producer_can_wait_until_the_consumer_stored_everything() {
+        let (queue, receiver, stored) = EventQueue::durable(10);
+        assert!(
+            queue.wait_stored(Duration::from_millis(1)),
+            "nothing sent yet"
+        );
+        queue.send(event(0)).unwrap();
+        queue.send(event(1)).unwrap();
+        assert!(
+            !queue.wait_stored(Duration::from_millis(20)),
+            "not stored yet"
+        );
+        let consumer = std::thread::spawn(move || {
+            let batch: Vec<Event> = receiver.iter().take(2).collect();
+            stored.stored(batch.len());
+        });
+        assert!(queue.wait_stored(Duration::from_secs(10)));
+        consumer.join().unwrap();
     }
 
     #[test]
