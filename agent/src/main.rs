@@ -86,7 +86,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let agent =
         wgpulse::agent::start(config.clone(), events, None).context("starting the agent")?;
     registry
-        .register(Box::new(wgpulse::metrics::PeerCollector::new(
+        .register(Box::new(wgpulse::metrics::AgentCollector::new(
             agent.shared(),
         )))
         .context("registering the peer metrics")?;

@@ -145,7 +145,7 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `target/debug/wgpulse run --config <config>` in `ns`.
     pub fn start(ns: &NetNs, config: &Path) -> Self {
-        let binary = env!("CARGO_MANIFEST_DIR").to_owned() + "/../target/debug/wgpulse";
+        let binary = binary();
         let mut child = ns
             .command(&[&binary, "run", "--config", config.to_str().unwrap()])
             .env("NO_COLOR", "1")
@@ -184,6 +184,13 @@ impl AgentProcess {
         self.child.signal(libc::SIGKILL);
         self.child.wait_timeout(Duration::from_secs(10));
     }
+}
+
+/// The agent binary the process tests and benches start: `$WGPULSE_BIN`, or the
+/// debug build.
+pub fn binary() -> String {
+    std::env::var("WGPULSE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned() + "/../target/debug/wgpulse")
 }
 
 /// An HTTP request made from inside `ns` (the agent's listener is on the namespace's

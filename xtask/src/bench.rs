@@ -12,6 +12,14 @@ pub fn run(parts: &[String], quick: bool) -> anyhow::Result<()> {
     let mut args = vec!["run"];
     if !quick {
         args.push("--release");
+        // The agent processes the bench starts are the release build too.
+        cmd::cargo(&["build", "--release", "-p", "wgpulse", "--bin", "wgpulse"])?;
+        std::env::set_var(
+            "WGPULSE_BIN",
+            cmd::workspace_root().join("target/release/wgpulse"),
+        );
+    } else {
+        cmd::cargo(&["build", "-p", "wgpulse", "--bin", "wgpulse"])?;
     }
     args.extend(["-q", "-p", "wgpulse-tests", "--bin", "wgpulse-bench", "--"]);
     args.extend(parts.iter().map(String::as_str));

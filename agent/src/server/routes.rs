@@ -73,9 +73,11 @@ pub async fn handle(state: &ApiState, request: Request<Incoming>) -> Reply {
 }
 
 fn metrics(state: &ApiState) -> Reply {
+    let mut text = String::new();
+    crate::metrics::encode_peers(&state.shared, &mut text);
     let families = state.registry.gather();
-    match prometheus::TextEncoder::new().encode_to_string(&families) {
-        Ok(text) => Response::builder()
+    match prometheus::TextEncoder::new().encode_utf8(&families, &mut text) {
+        Ok(()) => Response::builder()
             .status(StatusCode::OK)
             .header("content-type", prometheus::TEXT_FORMAT)
             .body(Full::new(Bytes::from(text)))
