@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod kernel_wg;
 pub mod names;
 pub mod netns;
 pub mod process;

@@ -79,7 +79,7 @@ impl WgKeys {
     }
 
     /// Writes the private key to a fresh 0600 file, deleted when the guard drops.
-    fn private_key_file(&self) -> TempFile {
+    pub(crate) fn private_key_file(&self) -> TempFile {
         let path = std::env::temp_dir().join(format!("{}.key", crate::unique_name("key")));
         let mut file = std::fs::OpenOptions::new()
             .create_new(true)
@@ -95,7 +95,7 @@ impl WgKeys {
 }
 
 /// A file removed on drop.
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(pub(crate) PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {

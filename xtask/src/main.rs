@@ -7,6 +7,7 @@ mod cmd;
 mod demo;
 mod setup;
 mod test;
+mod vmtest;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,12 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// The kernel-WireGuard tests inside Debian's 6.1 and 6.12 kernels (QEMU, TCG).
+    Vmtest {
+        /// Which kernel: 6.1, 6.12 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+    },
     /// Run setup, then every test: unit, kernel (BPF_PROG_TEST_RUN) and end-to-end.
     Test {
         /// Skip the setup step (prerequisites already installed).
@@ -55,6 +62,7 @@ fn main() {
         Task::Bench { parts, quick } => bench::run(&parts, quick),
         Task::Build => cmd::cargo(&["build", "--release", "-p", "wgpulse"]),
         Task::Test { no_setup } => test::run(!no_setup),
+        Task::Vmtest { kernel } => vmtest::run(&kernel),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
