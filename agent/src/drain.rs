@@ -57,6 +57,10 @@ const EVICT_IDLE: Duration = Duration::from_secs(15 * 60);
 /// How long a completed-handshake index is remembered to drop duplicate notices.
 const NOTICE_DEDUP_WINDOW: Duration = Duration::from_secs(600);
 
+/// A hash map with foldhash: the drain looks up every endpoint every cycle, and
+/// SipHash's DoS resistance buys nothing for keys the kernel map already bounds.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Owns the counter maps and the ring buffer; produces snapshots and notices.
 pub struct Drain {
     endpoints: PerCpuHashMap<MapData, EndpointKey, EndpointStats>,
@@ -69,9 +73,10 @@ pub struct Drain {
     batch_supported: bool,
     sequence: u64,
     /// Raw map values at the previous drain, per key.
-    last_raw: HashMap<EndpointKey, EndpointStats>,
+    /// The raw per-endpoint values of the last drain and the drain that saw them.
+    last_raw: FastMap<EndpointKey, (EndpointStats, u64)>,
     /// Totals of earlier incarnations of a key (evicted, re-created).
-    carried: HashMap<EndpointKey, EndpointStats>,
+    carried: FastMap<EndpointKey, EndpointStats>,
     /// (device, local index) of recently completed handshakes, to drop duplicates.
     completed: HashMap<(u32, u32), Instant>,
 }
@@ -103,8 +108,8 @@ impl Drain {
             cpus,
             batch_supported: true,
             sequence: 0,
-            last_raw: HashMap::new(),
-            carried: HashMap::new(),
+            last_raw: FastMap::default(),
+            carried: FastMap::default(),
             completed: HashMap::new(),
         })
     }
@@ -203,12 +208,18 @@ impl Drain {
         let clock = BootClock::now();
         let raw = self.read_endpoints()?;
         let map_entries = raw.len();
-        let mut samples = Vec::with_capacity(raw.len());
+        let mut samples = Vec::with_capacity(raw.len() + self.carried.len());
+        let seen = self.sequence + 1;
         for (key, now) in &raw {
             let Some(endpoint) = Endpoint::from_key(key) else {
                 continue;
             };
-            let before = self.last_raw.get(key).copied().unwrap_or_default();
+            let slot = self
+                .last_raw
+                .entry(*key)
+                .or_insert((EndpointStats::default(), 0));
+            let before = slot.0;
+            *slot = (*now, seen);
             let delta = if went_backwards(now, &before) {
                 // The entry was deleted and re-created: bank the old incarnation.
                 merge_stats(self.carried.entry(*key).or_default(), &before);
@@ -216,7 +227,11 @@ impl Drain {
             } else {
                 stats_delta(now, &before)
             };
-            let mut totals = self.carried.get(key).copied().unwrap_or_default();
+            let mut totals = if self.carried.is_empty() {
+                EndpointStats::default()
+            } else {
+                self.carried.get(key).copied().unwrap_or_default()
+            };
             merge_stats(&mut totals, now);
             samples.push(EndpointSample {
                 endpoint,
@@ -227,24 +242,19 @@ impl Drain {
                 last_handshake_message: clock
                     .wall(now.rx.last_handshake_ns.max(now.tx.last_handshake_ns)),
             });
-            self.last_raw.insert(*key, *now);
         }
         // Keys gone from the map (evicted) keep their totals in `carried`.
-        let present: std::collections::HashSet<EndpointKey> = raw.iter().map(|(k, _)| *k).collect();
-        let gone: Vec<EndpointKey> = self
-            .last_raw
-            .keys()
-            .filter(|k| !present.contains(k))
-            .copied()
-            .collect();
-        for key in gone {
-            if let Some(last) = self.last_raw.remove(&key) {
-                merge_stats(self.carried.entry(key).or_default(), &last);
+        let carried = &mut self.carried;
+        self.last_raw.retain(|key, (last, at)| {
+            if *at == seen {
+                return true;
             }
-        }
+            merge_stats(carried.entry(*key).or_default(), last);
+            false
+        });
         // Evicted endpoints that are not in the map still appear with their totals.
         for (key, totals) in &self.carried {
-            if present.contains(key) {
+            if self.last_raw.contains_key(key) {
                 continue;
             }
             if let Some(endpoint) = Endpoint::from_key(key) {
@@ -286,7 +296,7 @@ impl Drain {
             if stats.rx.last_packet_ns.max(stats.tx.last_packet_ns) < idle_before
                 && self.endpoints.remove(key).is_ok()
             {
-                if let Some(last) = self.last_raw.remove(key) {
+                if let Some((last, _)) = self.last_raw.remove(key) {
                     merge_stats(self.carried.entry(*key).or_default(), &last);
                 }
                 evicted += 1;
