@@ -38,6 +38,10 @@ pub enum AgentError {
     Thread(&'static str, #[source] std::io::Error),
 }
 
+/// How often the peer state is saved when only counters changed (a crash loses at
+/// most this much of the counters; transitions are saved at once).
+const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How long the pipeline waits for its events to reach the outbox before saving.
 const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -131,6 +135,7 @@ pub fn start(
         node: config.node_id(),
         alerts: AlertEngine::new(config.alerts.clone()),
         names: config.peers_file.clone().map(NamesWatcher::new),
+        last_saved: Instant::now(),
         config,
         datapath,
         ids: DeviceIds::default(),
@@ -199,6 +204,7 @@ struct Pipeline {
     state_file: StateFile,
     alerts: AlertEngine,
     names: Option<NamesWatcher>,
+    last_saved: Instant,
 }
 
 impl Pipeline {
@@ -326,7 +332,8 @@ impl Pipeline {
         }
     }
 
-    fn save(&self) {
+    fn save(&mut self) {
+        self.last_saved = Instant::now();
         let state = self.table().save(SystemTime::now());
         let result = self.state_file.save(&state);
         let mut status = self.shared.status.write().expect("not poisoned");
@@ -417,10 +424,11 @@ impl Pipeline {
             status.discovery_error = None;
             status.attached = self.datapath.attached();
         }
-        if changes.is_empty() {
-            self.save();
-        } else {
+        if !changes.is_empty() {
             self.emit(changes);
+        } else if self.last_saved.elapsed() >= STATE_SAVE_INTERVAL {
+            // Counters only: saved now and then (transitions are saved at once).
+            self.save();
         }
         self.observe(Observation::Devices(self.devices.clone()));
     }

@@ -3,7 +3,6 @@
 //! crash leaves either the old or the new state, never a torn one.
 
 use std::fs::{self, File};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -123,9 +122,16 @@ impl StateFile {
         };
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
         let temporary = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec(state).expect("state serializes");
-        let mut file = File::create(&temporary).map_err(io("creating", &temporary))?;
-        file.write_all(&body).map_err(io("writing", &temporary))?;
+        let file = File::create(&temporary).map_err(io("creating", &temporary))?;
+        // Streamed: no second copy of the whole state in memory.
+        let mut writer = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut writer, state)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(io("writing", &temporary))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(io("writing", &temporary))?;
         file.sync_all().map_err(io("syncing", &temporary))?;
         drop(file);
         fs::rename(&temporary, &self.path).map_err(io("renaming over", &self.path))?;
