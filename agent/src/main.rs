@@ -11,7 +11,7 @@ use wgpulse::config::Config;
 /// Bound of the queue between the peer table and delivery.
 const EVENT_QUEUE: usize = 4096;
 /// Most events written to the outbox in one transaction.
-const EVENT_BATCH: usize = 1024;
+const EVENT_BATCH: usize = 4096;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

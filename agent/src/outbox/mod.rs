@@ -87,7 +87,7 @@ pub struct Stored {
 #[derive(Clone, Debug)]
 pub struct Incoming<'a> {
     /// The event's JSON.
-    pub body: Vec<u8>,
+    pub body: &'a [u8],
     /// The event's identifier.
     pub identifier: &'a str,
     /// Creation time, Unix milliseconds.
@@ -260,7 +260,7 @@ impl Outbox {
                     continue;
                 }
                 events
-                    .insert(seq, item.body.as_slice())
+                    .insert(seq, item.body)
                     .map_err(|e| self.error("appending", e))?;
                 for webhook in &item.webhooks {
                     pending
@@ -544,7 +544,7 @@ mod tests {
         let incoming: Vec<Incoming> = bodies
             .iter()
             .map(|b| Incoming {
-                body: b.clone(),
+                body: b,
                 identifier: "peer-a",
                 created_ms: 0,
                 webhooks: vec!["one", "two"],
@@ -565,7 +565,7 @@ mod tests {
         let outbox = Outbox::open(dir.path()).unwrap();
         let next = outbox
             .append(&[Incoming {
-                body: body("peer-b", 9),
+                body: &body("peer-b", 9),
                 identifier: "peer-b",
                 created_ms: 0,
                 webhooks: vec!["one"],

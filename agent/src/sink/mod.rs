@@ -252,6 +252,14 @@ impl Delivery {
     /// silently: every drop is counted and logged.
     pub fn accept(&self, events: &[Event]) {
         let mut spill = self.inner.spill.lock().expect("not poisoned");
+        if spill.is_empty() {
+            // The usual case: nothing held back, write these directly.
+            drop(spill);
+            if let Err(err) = self.write(events) {
+                self.hold(events.iter().cloned().collect(), &err);
+            }
+            return;
+        }
         spill.extend(events.iter().cloned());
         let overflow = spill.len().saturating_sub(SPILL_LIMIT);
         if overflow > 0 {
@@ -271,20 +279,25 @@ impl Delivery {
         let pending: Vec<Event> = spill.drain(..).collect();
         drop(spill);
         if let Err(err) = self.write(&pending) {
-            let mut spill = self.inner.spill.lock().expect("not poisoned");
-            for event in pending.into_iter().rev() {
-                spill.push_front(event);
-            }
-            self.inner.metrics.spilled.set(spill.len() as i64);
-            if !self.inner.spill_reported.swap(true, Ordering::Relaxed) {
-                tracing::error!(
-                    "{err}; holding {} events in memory and retrying every second",
-                    spill.len()
-                );
-            }
+            self.hold(pending, &err);
         } else if self.inner.spill_reported.swap(false, Ordering::Relaxed) {
             tracing::info!("the outbox is writable again; held events stored");
             self.inner.metrics.spilled.set(0);
+        }
+    }
+
+    /// Keeps events the outbox could not take, in order, ahead of later ones.
+    fn hold(&self, events: Vec<Event>, err: &OutboxError) {
+        let mut spill = self.inner.spill.lock().expect("not poisoned");
+        for event in events.into_iter().rev() {
+            spill.push_front(event);
+        }
+        self.inner.metrics.spilled.set(spill.len() as i64);
+        if !self.inner.spill_reported.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "{err}; holding {} events in memory and retrying every second",
+                spill.len()
+            );
         }
     }
 
@@ -301,7 +314,7 @@ impl Delivery {
             .iter()
             .zip(&bodies)
             .map(|(event, body)| Incoming {
-                body: body.clone(),
+                body,
                 identifier: &event.identifier,
                 created_ms: (event.timestamp.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
                 webhooks: inner
@@ -320,21 +333,29 @@ impl Delivery {
         self.make_room(needed)?;
         let seqs = inner.outbox.append(&incoming)?;
         inner.metrics.outbox_bytes.set(inner.outbox.bytes() as i64);
-        for (item, seq) in incoming.iter().zip(seqs) {
-            for name in &item.webhooks {
-                let hook = inner
-                    .hooks
-                    .iter()
-                    .find(|h| h.target.name == *name)
-                    .expect("webhook from the list");
-                let lane = lane_of(item.identifier, hook.wake.len());
-                hook.state.lock().expect("not poisoned").lanes[lane].push_back(Stored {
-                    seq,
+        // Into each webhook's lanes under one lock per webhook, then one wake per lane.
+        for hook in &inner.hooks {
+            let lanes = hook.wake.len();
+            let mut woken = vec![false; lanes];
+            let mut state = hook.state.lock().expect("not poisoned");
+            for (item, seq) in incoming.iter().zip(&seqs) {
+                if !item.webhooks.contains(&hook.target.name.as_str()) {
+                    continue;
+                }
+                let lane = lane_of(item.identifier, lanes);
+                state.lanes[lane].push_back(Stored {
+                    seq: *seq,
                     identifier: item.identifier.to_owned(),
                     created_ms: item.created_ms,
                     size: item.body.len(),
                 });
-                hook.wake[lane].notify_one();
+                woken[lane] = true;
+            }
+            drop(state);
+            for (lane, woken) in woken.into_iter().enumerate() {
+                if woken {
+                    hook.wake[lane].notify_one();
+                }
             }
         }
         Ok(())
