@@ -289,9 +289,13 @@ fn module_closure(root: &Path, kv: &str, busybox: &Path) -> anyhow::Result<Vec<S
     let dep = base.join("modules.dep");
     if !dep.exists() {
         // 6.12 ships .ko.xz: busybox handles plain .ko best.
+        println!("vmtest: decompressing the {kv} modules (once)");
         for entry in walk(&base) {
             if entry.extension().is_some_and(|e| e == "xz") {
-                cmd::run("xz", &["-d", "-f", entry.to_str().unwrap()])?;
+                let status = Command::new("xz").args(["-d", "-f"]).arg(&entry).status()?;
+                if !status.success() {
+                    bail!("xz -d {} failed", entry.display());
+                }
             }
         }
         println!("vmtest: depmod for {kv} (once)");
@@ -426,6 +430,7 @@ fn test_archive() -> anyhow::Result<Vec<u8>> {
     let executable = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == "kernel_wg" && v["profile"]["test"] == true)
         .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
         .last()
         .context("no test executable in cargo's output")?;
