@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::line_column;
 use crate::wg::PublicKey;
 
 /// What a peer is called.
@@ -105,12 +106,6 @@ pub fn parse(text: &str, path: &Path) -> Result<HashMap<PublicKey, PeerName>, Na
     Ok(names)
 }
 
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-    (line, column)
-}
 
 /// Watches the names file: [`NamesWatcher::poll`] re-reads it when its modification
 /// time or size changed.
