@@ -430,7 +430,9 @@ impl Pipeline {
             // Counters only: saved now and then (transitions are saved at once).
             self.save();
         }
-        self.observe(Observation::Devices(self.devices.clone()));
+        if self.observer.is_some() {
+            self.observe(Observation::Devices(self.devices.clone()));
+        }
     }
 
     /// Re-reads `peers_file` if it changed; a bad file keeps the previous names.

@@ -47,6 +47,11 @@ pub enum DrainError {
     },
 }
 
+/// Consecutive drains without any traffic before the drain interval stretches.
+const IDLE_DRAINS: u32 = 5;
+/// How much the interval stretches while idle.
+const IDLE_STRETCH: u32 = 5;
+
 /// Entries fetched per `BPF_MAP_LOOKUP_BATCH` call.
 const BATCH_ENTRIES: u32 = 4096;
 /// Above this share of `max_peers` in use, idle endpoints are evicted from the map.
@@ -386,20 +391,41 @@ impl Drain {
         stop: Arc<AtomicBool>,
     ) {
         let mut next_drain = Instant::now();
+        // Drains that found no traffic at all in a row: past IDLE_DRAINS the interval
+        // stretches (IDLE_STRETCH times) until traffic or a session notice returns.
+        // Notices never wait for a drain, so connects stay immediate; only idle
+        // counters (which do not move) are read less often.
+        let mut idle = 0u32;
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= next_drain {
                 match self.drain() {
                     Ok(snapshot) => {
+                        let moved = snapshot
+                            .endpoints
+                            .iter()
+                            .any(|s| crate::snapshot::has_traffic(&s.delta));
+                        idle = if moved { 0 } else { idle.saturating_add(1) };
                         if !forward(&send, DatapathMessage::Snapshot(snapshot)) {
                             return;
                         }
                     }
                     Err(err) => tracing::error!("drain failed: {err}"),
                 }
-                next_drain = now + interval;
+                next_drain = now
+                    + if idle >= IDLE_DRAINS {
+                        interval * IDLE_STRETCH
+                    } else {
+                        interval
+                    };
             }
-            for notice in self.read_notices() {
+            let notices = self.read_notices();
+            if !notices.is_empty() && idle >= IDLE_DRAINS {
+                // Traffic is back: drain at the normal pace from now on.
+                idle = 0;
+                next_drain = next_drain.min(Instant::now() + interval);
+            }
+            for notice in notices {
                 if !forward(&send, DatapathMessage::Session(notice)) {
                     return;
                 }

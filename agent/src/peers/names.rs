@@ -106,7 +106,6 @@ pub fn parse(text: &str, path: &Path) -> Result<HashMap<PublicKey, PeerName>, Na
     Ok(names)
 }
 
-
 /// Watches the names file: [`NamesWatcher::poll`] re-reads it when its modification
 /// time or size changed.
 #[derive(Debug)]
