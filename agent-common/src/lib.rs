@@ -20,6 +20,11 @@ pub const MAP_DEVICE_DROPS: &str = "DEVICE_DROPS";
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the array (one entry) holding the kernel structure offsets ([`KernelOffsets`]).
 pub const MAP_OFFSETS: &str = "OFFSETS";
+/// Name of the LRU per-CPU hash of kernel-mode peer readings (WireGuard's internal
+/// peer id -> [`WgPeerReading`]).
+pub const MAP_WG_PEERS: &str = "WG_PEERS";
+/// Name of the array (one entry) holding the `struct wg_peer` offsets ([`WgPeerOffsets`]).
+pub const MAP_WG_OFFSETS: &str = "WG_OFFSETS";
 
 /// Default bound of the endpoint map (`max_peers` in the configuration).
 pub const DEFAULT_MAX_PEERS: u32 = 65_536;
@@ -48,6 +53,20 @@ pub mod programs {
     pub const UDP_DROPS_TRACEPOINT: &str = "udp_fail_queue_rcv_skb";
     /// A classifier that only returns `TC_ACT_PIPE`: the baseline of the datapath benchmark.
     pub const NOOP: &str = "wgpulse_noop";
+    /// Kernel-mode attribution: a kprobe that reads the `struct wg_peer` its function
+    /// takes as first argument into [`super::MAP_WG_PEERS`].
+    pub const WG_PEER_PROBE: &str = "wgpulse_wg_peer";
+    /// The kernel WireGuard functions [`WG_PEER_PROBE`] is attached to. Each takes the
+    /// peer first and is called after one of WireGuard's (inlined) statistics updates
+    /// on every path: `wg_peer_put` after each received data packet and each sent data
+    /// batch, `wg_timers_any_authenticated_packet_received` after a received handshake
+    /// message (and the response sent for it), `wg_timers_handshake_initiated` after a
+    /// sent initiation.
+    pub const WG_PEER_PROBE_FUNCTIONS: [&str; 3] = [
+        "wg_peer_put",
+        "wg_timers_any_authenticated_packet_received",
+        "wg_timers_handshake_initiated",
+    ];
 }
 
 /// Address family values used in [`EndpointKey::family`] (Linux `AF_INET`).
@@ -251,6 +270,69 @@ pub struct KernelOffsets {
     pub skb_len: u32,
 }
 
+/// Offsets into kernel WireGuard's structures for the kernel-mode probe, resolved by
+/// userspace from the `wireguard` module's BTF (split on top of vmlinux's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WgPeerOffsets {
+    /// 1 when filled.
+    pub valid: u32,
+    /// `wg_peer.internal_id` (u64).
+    pub internal_id: u32,
+    /// `wg_peer.rx_bytes` (u64).
+    pub rx_bytes: u32,
+    /// `wg_peer.tx_bytes` (u64).
+    pub tx_bytes: u32,
+    /// `wg_peer.walltime_last_handshake` (`struct timespec64`).
+    pub walltime_last_handshake: u32,
+    /// `wg_peer.endpoint` (`struct endpoint`, starting with a `sockaddr_in6` union).
+    pub endpoint: u32,
+    /// `wg_peer.handshake.remote_static` (the peer's public key, 32 bytes).
+    pub remote_static: u32,
+    /// `wg_peer.device` (pointer to `struct wg_device`).
+    pub device: u32,
+    /// `wg_device.dev` (pointer to `struct net_device`).
+    pub device_dev: u32,
+    /// `net_device.ifindex` (int).
+    pub ifindex: u32,
+    /// `net_device.nd_net` (pointer to `struct net`).
+    pub nd_net: u32,
+    /// `net.ns.inum` (the network namespace's inode number); 0: not resolved.
+    pub net_inum: u32,
+}
+
+/// Per-CPU value of [`MAP_WG_PEERS`]: what one CPU last read from a `struct wg_peer`.
+/// The counters only grow during a peer's life, so userspace takes the largest value
+/// over the CPUs: every statistics update is followed by a read on the CPU that made it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WgPeerReading {
+    /// `rx_bytes`: bytes WireGuard accepted from the peer.
+    pub rx_bytes: u64,
+    /// `tx_bytes`: bytes WireGuard sent to the peer.
+    pub tx_bytes: u64,
+    /// `walltime_last_handshake.tv_sec` (0: never).
+    pub handshake_sec: u64,
+    /// `walltime_last_handshake.tv_nsec`.
+    pub handshake_nsec: u64,
+    /// `CLOCK_MONOTONIC` ns of this read (kprobes may not use the coarse clock).
+    pub read_ns: u64,
+    /// Endpoint address family ([`FAMILY_IPV4`], [`FAMILY_IPV6`], 0: none).
+    pub family: u16,
+    /// Endpoint port, host byte order.
+    pub port: u16,
+    /// Endpoint address, network byte order (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// Interface index of the peer's device.
+    pub ifindex: u32,
+    /// Inode number of the device's network namespace (0: unknown).
+    pub netns: u32,
+    /// 1 once the fields below and `ifindex`/`netns` are filled on this CPU.
+    pub filled: u32,
+    /// The peer's public key.
+    pub public_key: [u8; 32],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` for the shared types: all are `repr(C)` integers and arrays without padding.
@@ -272,6 +354,10 @@ mod pod {
     unsafe impl aya::Pod for SessionEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for WgPeerOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for WgPeerReading {}
 }
 
 #[cfg(test)]
@@ -289,5 +375,7 @@ mod tests {
         assert_eq!(size_of::<SessionState>(), 24 + 4 + 4 + 8);
         assert_eq!(size_of::<SessionEvent>(), 4 + 4 + 8 + 4 + 4 + 24 + 24);
         assert_eq!(size_of::<KernelOffsets>(), 24);
+        assert_eq!(size_of::<WgPeerOffsets>(), 12 * 4);
+        assert_eq!(size_of::<WgPeerReading>(), 5 * 8 + 4 + 16 + 3 * 4 + 32);
     }
 }

@@ -1,7 +1,8 @@
 //! The wgpulse datapath: TC classifiers that count every datagram on a WireGuard UDP
 //! port per remote endpoint, follow WireGuard session indices to tell completed
 //! handshakes from attempts, and a BTF tracepoint that counts datagrams the UDP socket
-//! dropped before WireGuard could read them.
+//! dropped before WireGuard could read them; and, where kernel WireGuard runs, a kprobe
+//! that reads each peer's own counters (kernel-mode attribution).
 //!
 //! The classifiers observe only: whatever happens they return `TC_ACT_PIPE`.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -9,6 +10,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod datapath;
+#[cfg(target_arch = "bpf")]
+mod kernel_peers;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -15,6 +15,7 @@ use crate::alerts::{Alert, AlertEngine};
 use crate::config::Config;
 use crate::drain::{Drain, DrainError};
 use crate::events::{self, EventQueue};
+use crate::kernel_mode::KernelAttribution;
 use crate::links;
 use crate::loader::{Datapath, DeviceIds, LoadOptions, LoaderError};
 use crate::peers::names::NamesWatcher;
@@ -104,10 +105,21 @@ pub fn start(
     let mut datapath = Datapath::load(&LoadOptions {
         max_peers: config.max_peers,
         attach_drop_counter: true,
+        kernel_attribution: config.kernel_attribution == KernelAttribution::Auto,
     })?;
     match datapath.drop_counter_mode() {
         Some(mode) => tracing::info!("socket drops counted {mode}"),
         None => tracing::warn!("socket drops are not counted on this kernel"),
+    }
+    let kernel_mode = datapath
+        .kernel_mode()
+        .map(str::to_owned)
+        .map_err(str::to_owned);
+    match &kernel_mode {
+        Ok(how) => tracing::info!("kernel-mode attribution on ({how})"),
+        Err(why) => tracing::info!(
+            "kernel-mode attribution off, counting with the TC classifiers only: {why}"
+        ),
     }
     let drain = Drain::new(&mut datapath, config.max_peers)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -119,6 +131,10 @@ pub fn start(
         table: RwLock::new(table),
         status: RwLock::new(AgentStatus {
             map_capacity: config.max_peers,
+            kernel_mode: kernel_mode.is_ok(),
+            kernel_mode_detail: match kernel_mode {
+                Ok(how) | Err(how) => how,
+            },
             ..Default::default()
         }),
         events: events.stats(),
@@ -523,6 +539,9 @@ impl Pipeline {
             .collect();
         let taken_at = snapshot.taken_at.unwrap_or_else(SystemTime::now);
         let feed = self.table_mut().apply_samples(&samples, taken_at);
+        if let Some(readings) = &snapshot.kernel_peers {
+            self.table_mut().apply_kernel(readings);
+        }
         let alerts = {
             let table = self.shared.table.read().expect("not poisoned");
             self.alerts.on_drain(

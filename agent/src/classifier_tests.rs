@@ -44,6 +44,7 @@ impl Rig {
         let mut datapath = Datapath::load(&LoadOptions {
             max_peers,
             attach_drop_counter: false,
+            kernel_attribution: false,
         })
         .expect("loading the datapath");
         datapath

@@ -73,6 +73,9 @@ pub struct Config {
     pub disconnect_after: Duration,
     /// Log filter in `tracing` env-filter syntax (default `info`).
     pub log_level: String,
+    /// Kernel-mode attribution: `auto` (kprobes on kernel WireGuard where the module,
+    /// its BTF and kprobes exist; TC-only elsewhere) or `off`.
+    pub kernel_attribution: crate::kernel_mode::KernelAttribution,
     /// Peer names (TOML or JSON: public key -> name, user, email, tags), re-read
     /// when it changes; none by default.
     pub peers_file: Option<PathBuf>,
@@ -101,6 +104,7 @@ impl Default for Config {
             refresh_interval: Duration::from_secs(10),
             disconnect_after: Duration::from_secs(180),
             log_level: "info".into(),
+            kernel_attribution: Default::default(),
             peers_file: None,
             alerts: Default::default(),
             outbox: Default::default(),

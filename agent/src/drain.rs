@@ -11,10 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 use agent_common::{
     DeviceDrops, EndpointKey, EndpointStats, GlobalStats, SessionEvent, EVENT_ENDPOINT_CHANGED,
     EVENT_HANDSHAKE_COMPLETE, MAP_DEVICE_DROPS, MAP_ENDPOINTS, MAP_EVENTS, MAP_GLOBALS,
-    ROLE_INITIATOR, ROLE_RESPONDER,
+    MAP_WG_PEERS, ROLE_INITIATOR, ROLE_RESPONDER,
 };
 use aya::maps::{IterableMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 
+use crate::kernel_mode::KernelPeers;
 use crate::loader::{Datapath, LoaderError};
 use crate::snapshot::{
     merge_stats, stats_delta, BootClock, DatapathMessage, Endpoint, EndpointSample, Role,
@@ -72,6 +73,8 @@ pub struct Drain {
     globals: PerCpuArray<MapData, GlobalStats>,
     device_drops: PerCpuArray<MapData, DeviceDrops>,
     ring: RingBuf<MapData>,
+    /// The kernel-mode peer readings, when kernel-mode attribution is on.
+    kernel: Option<KernelPeers>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     capacity: u32,
     cpus: usize,
@@ -101,6 +104,13 @@ impl Drain {
             .map_err(|e| open(MAP_DEVICE_DROPS, e))?;
         let ring =
             RingBuf::try_from(datapath.take_map(MAP_EVENTS)?).map_err(|e| open(MAP_EVENTS, e))?;
+        let kernel = match datapath.kernel_mode() {
+            Ok(_) => Some(
+                KernelPeers::new(datapath.take_map(MAP_WG_PEERS)?)
+                    .map_err(|e| open(MAP_WG_PEERS, e))?,
+            ),
+            Err(_) => None,
+        };
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, source)| DrainError::Read { map: what, source })?;
         Ok(Self {
@@ -108,6 +118,7 @@ impl Drain {
             globals,
             device_drops,
             ring,
+            kernel,
             logger: datapath.take_logger(),
             capacity,
             cpus,
@@ -211,6 +222,15 @@ impl Drain {
     pub fn drain(&mut self) -> Result<Snapshot, DrainError> {
         let started = Instant::now();
         let clock = BootClock::now();
+        // Kernel readings first: whatever WireGuard counted by then went through the
+        // classifiers before, so the wire view read next already holds it.
+        let kernel_peers = match &mut self.kernel {
+            Some(kernel) => Some(kernel.read().map_err(|e| DrainError::Read {
+                map: MAP_WG_PEERS,
+                source: std::io::Error::other(e),
+            })?),
+            None => None,
+        };
         let raw = self.read_endpoints()?;
         let map_entries = raw.len();
         let mut samples = Vec::with_capacity(raw.len() + self.carried.len());
@@ -285,6 +305,7 @@ impl Drain {
             map_capacity: self.capacity,
             globals: self.read_globals()?,
             device_drops: self.read_device_drops()?,
+            kernel_peers,
         })
     }
 

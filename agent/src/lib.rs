@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod events;
+pub mod kernel_mode;
 pub mod links;
 pub mod loader;
 pub mod metrics;

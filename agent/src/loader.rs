@@ -1,6 +1,7 @@
 //! Puts the datapath into the kernel: loads the embedded eBPF object with aya, sizes
 //! the endpoint map, attaches the classifiers to underlay interfaces (TCX on kernels
-//! >= 6.6, clsact through netlink before), attaches the socket-drop tracepoint, keeps
+//! >= 6.6, clsact through netlink before), attaches the socket-drop tracepoint and,
+//! where kernel WireGuard runs, the kernel-mode peer probe ([`crate::kernel_mode`]); keeps
 //! the port map in step with the WireGuard devices, and detaches everything on drop.
 
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +74,8 @@ pub struct LoadOptions {
     /// Whether to attach the socket-drop tracepoint (tests of the classifier alone
     /// load a private copy without it).
     pub attach_drop_counter: bool,
+    /// Whether to try kernel-mode attribution (kprobes on kernel WireGuard).
+    pub kernel_attribution: bool,
 }
 
 impl Default for LoadOptions {
@@ -80,6 +83,7 @@ impl Default for LoadOptions {
         Self {
             max_peers: agent_common::DEFAULT_MAX_PEERS,
             attach_drop_counter: true,
+            kernel_attribution: true,
         }
     }
 }
@@ -137,6 +141,7 @@ pub struct Datapath {
     port_devices: HashMap<u16, u32>,
     attachments: Vec<Attachment>,
     drop_counter: Option<String>,
+    kernel_mode: Result<String, String>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -185,6 +190,7 @@ impl Datapath {
             port_devices: HashMap::new(),
             attachments: Vec::new(),
             drop_counter: None,
+            kernel_mode: Err("not requested".into()),
             logger,
         };
         if options.attach_drop_counter {
@@ -195,7 +201,16 @@ impl Datapath {
                 ),
             }
         }
+        if options.kernel_attribution {
+            datapath.kernel_mode = crate::kernel_mode::attach(&mut datapath.ebpf);
+        }
         Ok(datapath)
+    }
+
+    /// Kernel-mode attribution: `Ok` with what is attached, `Err` with why the
+    /// datapath counts with the TC classifiers only.
+    pub fn kernel_mode(&self) -> Result<&str, &str> {
+        self.kernel_mode.as_deref().map_err(String::as_str)
     }
 
     fn attach_drop_counter(&mut self) -> Result<String, String> {

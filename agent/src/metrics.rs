@@ -132,6 +132,15 @@ impl Collector for AgentCollector {
             },
         );
         out.int_gauge(
+            "wgpulse_kernel_mode",
+            "1 while kernel-mode attribution reads kernel WireGuard's peers (kprobes), 0 when the datapath counts with the TC classifiers only.",
+            &[],
+            |vec| {
+                vec.with_label_values(&[] as &[&str])
+                    .set(i64::from(status.kernel_mode));
+            },
+        );
+        out.int_gauge(
             "wgpulse_map_entries",
             "Entries in the per-endpoint map.",
             &[],
@@ -243,6 +252,53 @@ fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// The kernel-mode families, for the peers that have a kernel-mode view (none
+/// without kernel-mode attribution: the families are left out then).
+fn encode_kernel_mode(peers: &[&crate::peers::PeerState], labels: &[String], out: &mut String) {
+    use crate::peers::KernelView;
+    let with_view: Vec<(&KernelView, &String)> = peers
+        .iter()
+        .zip(labels)
+        .filter_map(|(p, l)| p.kernel.as_ref().map(|k| (k, l)))
+        .collect();
+    if with_view.is_empty() {
+        return;
+    }
+    type Value = fn(&KernelView) -> i64;
+    let families: [(&str, &str, &str, Value); 4] = [
+        (
+            "wgpulse_peer_kernel_receive_bytes_total",
+            "Bytes WireGuard accepted from the peer, read from the kernel at every drain (kernel-mode attribution).",
+            "counter",
+            |k| k.rx_bytes as i64,
+        ),
+        (
+            "wgpulse_peer_kernel_transmit_bytes_total",
+            "Bytes WireGuard sent to the peer, read from the kernel at every drain (kernel-mode attribution).",
+            "counter",
+            |k| k.tx_bytes as i64,
+        ),
+        (
+            "wgpulse_peer_rejected_receive_bytes",
+            "Received bytes on the wire that WireGuard did not accept (invalid, replayed, unauthenticated, cookie replies, socket drops) since the agent started.",
+            "gauge",
+            |k| k.difference_rx_bytes,
+        ),
+        (
+            "wgpulse_peer_unaccounted_transmit_bytes",
+            "Sent bytes on the wire that WireGuard's counter does not hold (cookie replies) since the agent started.",
+            "gauge",
+            |k| k.difference_tx_bytes,
+        ),
+    ];
+    for (name, help, kind, value) in families {
+        header(out, name, help, kind);
+        for (view, labels) in &with_view {
+            let _ = writeln!(out, "{name}{{{labels}}} {}", value(view));
+        }
+    }
+}
+
 /// Writes every per-peer and per-device family from the live table in the text
 /// exposition format.
 pub fn encode_peers(shared: &Shared, out: &mut String) {
@@ -314,6 +370,7 @@ pub fn encode_peers(shared: &Shared, out: &mut String) {
             let _ = writeln!(out, "{name}{{{labels}}} {}", value(peer));
         }
     }
+    encode_kernel_mode(&peers, &labels, out);
     let name = "wireguard_peer_handshakes_total";
     header(out, name, "Handshake messages on the wire by direction (rx, tx) and type (initiation, response, cookie).", "counter");
     for (peer, labels) in peers.iter().zip(&labels) {

@@ -1,5 +1,6 @@
-//! Kernel structure offsets for the socket-drop tracepoint, read from the running
-//! kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//! Kernel structure offsets for the socket-drop tracepoint and the kernel-mode peer
+//! probe, read from the running kernel's BTF (`/sys/kernel/btf/vmlinux`, and the
+//! `wireguard` module's split BTF on top of it).
 //!
 //! Rust eBPF has no CO-RE field relocations, so the tracepoint reads `sock` and
 //! `sk_buff` fields with `bpf_probe_read_kernel` at offsets userspace resolves here.
@@ -10,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use agent_common::KernelOffsets;
+use agent_common::{KernelOffsets, WgPeerOffsets};
 
 /// Errors resolving offsets.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,18 @@ const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
 const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+/// Kinds that only qualify or rename another type.
+const QUALIFIERS: [u32; 5] = [
+    KIND_TYPEDEF,
+    KIND_VOLATILE,
+    KIND_CONST,
+    KIND_RESTRICT,
+    KIND_TYPE_TAG,
+];
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -73,6 +86,27 @@ pub struct Btf {
     by_name: HashMap<(u32, String), u32>,
 }
 
+/// The type and string sections of a BTF blob.
+fn sections(data: &[u8]) -> Result<(&[u8], &[u8]), OffsetsError> {
+    if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
+        return Err(OffsetsError::Malformed("bad magic".into()));
+    }
+    let hdr_len = read_u32(data, 4)? as usize;
+    let type_off = read_u32(data, 8)? as usize;
+    let type_len = read_u32(data, 12)? as usize;
+    let str_off = read_u32(data, 16)? as usize;
+    let str_len = read_u32(data, 20)? as usize;
+    let types_start = hdr_len + type_off;
+    let strings_start = hdr_len + str_off;
+    let strings = data
+        .get(strings_start..strings_start + str_len)
+        .ok_or_else(|| OffsetsError::Malformed("string section out of bounds".into()))?;
+    let section = data
+        .get(types_start..types_start + type_len)
+        .ok_or_else(|| OffsetsError::Malformed("type section out of bounds".into()))?;
+    Ok((section, strings))
+}
+
 fn read_u32(data: &[u8], at: usize) -> Result<u32, OffsetsError> {
     data.get(at..at + 4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -89,40 +123,61 @@ impl Btf {
         Self::parse(&data)
     }
 
+    /// Reads a module's split BTF (`/sys/kernel/btf/<module>`) on top of its base
+    /// (`/sys/kernel/btf/vmlinux`): the module's type ids continue after the base's and
+    /// its names may live in the base's string section.
+    pub fn from_split_files(module: &Path, base: &Path) -> Result<Self, OffsetsError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| OffsetsError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        Self::parse_split(&read(module)?, &read(base)?)
+    }
+
     /// Parses a BTF blob.
     pub fn parse(data: &[u8]) -> Result<Self, OffsetsError> {
-        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
-            return Err(OffsetsError::Malformed("bad magic".into()));
-        }
-        let hdr_len = read_u32(data, 4)? as usize;
-        let type_off = read_u32(data, 8)? as usize;
-        let type_len = read_u32(data, 12)? as usize;
-        let str_off = read_u32(data, 16)? as usize;
-        let str_len = read_u32(data, 20)? as usize;
-        let types_start = hdr_len + type_off;
-        let strings_start = hdr_len + str_off;
-        let strings = data
-            .get(strings_start..strings_start + str_len)
-            .ok_or_else(|| OffsetsError::Malformed("string section out of bounds".into()))?;
+        Self::parse_on(data, None)
+    }
+
+    /// Parses split BTF `data` on top of the base blob `base`.
+    pub fn parse_split(data: &[u8], base: &[u8]) -> Result<Self, OffsetsError> {
+        let base_types = Self::parse(base)?;
+        let base_strings = sections(base)?.1;
+        Self::parse_on(data, Some((base_types, base_strings)))
+    }
+
+    fn parse_on(data: &[u8], base: Option<(Btf, &[u8])>) -> Result<Self, OffsetsError> {
+        let (section, strings) = sections(data)?;
+        let base_strings: &[u8] = base.as_ref().map(|(_, s)| *s).unwrap_or_default();
         let name_at = |offset: u32| -> String {
             let start = offset as usize;
-            strings
+            let (table, start) = if start < base_strings.len() {
+                (base_strings, start)
+            } else {
+                (strings, start - base_strings.len())
+            };
+            table
                 .get(start..)
                 .and_then(|s| s.split(|&b| b == 0).next())
                 .map(|s| String::from_utf8_lossy(s).into_owned())
                 .unwrap_or_default()
         };
-        let section = data
-            .get(types_start..types_start + type_len)
-            .ok_or_else(|| OffsetsError::Malformed("type section out of bounds".into()))?;
-
-        let mut types = vec![Type {
-            kind: 0,
-            name: String::new(),
-            type_id: 0,
-            members: Vec::new(),
-            params: 0,
-        }];
+        let (mut types, mut by_name) = match base {
+            Some((btf, _)) => (btf.types, btf.by_name),
+            None => (
+                vec![Type {
+                    kind: 0,
+                    name: String::new(),
+                    type_id: 0,
+                    members: Vec::new(),
+                    params: 0,
+                }],
+                HashMap::new(),
+            ),
+        };
+        let first_own = types.len();
         let mut at = 0usize;
         while at < section.len() {
             let name_off = read_u32(section, at)?;
@@ -168,12 +223,12 @@ impl Btf {
             }
             types.push(ty);
         }
-        let by_name = types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !t.name.is_empty())
-            .map(|(id, t)| ((t.kind, t.name.clone()), id as u32))
-            .collect();
+        for (id, ty) in types.iter().enumerate().skip(first_own) {
+            if !ty.name.is_empty() {
+                // A module's own definition wins over a base type of the same name.
+                by_name.insert((ty.kind, ty.name.clone()), id as u32);
+            }
+        }
         Ok(Self { types, by_name })
     }
 
@@ -194,24 +249,64 @@ impl Btf {
     }
 
     fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+        self.find_typed_member(id, member, depth)
+            .map(|(bits, _)| bits)
+    }
+
+    /// Bit offset and type id of `member` in the struct or union `id`.
+    fn find_typed_member(&self, id: u32, member: &str, depth: u32) -> Option<(u32, u32)> {
         let ty = self.get(id)?;
         if depth > 8 {
             return None;
         }
         for m in &ty.members {
             if m.name == member {
-                return Some(m.bit_offset);
+                return Some((m.bit_offset, m.type_id));
             }
         }
         for m in ty.members.iter().filter(|m| m.name.is_empty()) {
             let inner = self.get(m.type_id)?;
             if inner.kind == KIND_STRUCT || inner.kind == KIND_UNION {
-                if let Some(bits) = self.find_member(m.type_id, member, depth + 1) {
-                    return Some(m.bit_offset + bits);
+                if let Some((bits, type_id)) = self.find_typed_member(m.type_id, member, depth + 1)
+                {
+                    return Some((m.bit_offset + bits, type_id));
                 }
             }
         }
         None
+    }
+
+    /// Follows typedefs and qualifiers to the type they name.
+    fn strip(&self, mut id: u32) -> u32 {
+        for _ in 0..16 {
+            match self.get(id) {
+                Some(t) if QUALIFIERS.contains(&t.kind) => id = t.type_id,
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// Byte offset of a nested member (`["handshake", "remote_static"]`) in the struct
+    /// named `name`: each step but the last must be an embedded struct or union.
+    pub fn member_path_offset(&self, name: &str, path: &[&str]) -> Result<u32, OffsetsError> {
+        let dotted = || format!("{name}.{}", path.join("."));
+        let mut id = *self
+            .by_name
+            .get(&(KIND_STRUCT, name.to_owned()))
+            .ok_or_else(|| OffsetsError::Missing(format!("struct {name}")))?;
+        let mut bits = 0;
+        for member in path {
+            let (offset, type_id) = self
+                .find_typed_member(id, member, 0)
+                .ok_or_else(|| OffsetsError::Missing(dotted()))?;
+            bits += offset;
+            id = self.strip(type_id);
+        }
+        if bits % 8 != 0 {
+            return Err(OffsetsError::Missing(format!("{} (a bit field)", dotted())));
+        }
+        Ok(bits / 8)
     }
 
     /// Number of arguments of a BTF tracepoint (the `btf_trace_<name>` typedef's
@@ -260,6 +355,32 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         offsets.valid = OFFSETS_WITH_SKB;
     }
     Ok(offsets)
+}
+
+/// Where the `wireguard` module's BTF is exposed when the module is loaded.
+pub const WIREGUARD_BTF: &str = "/sys/kernel/btf/wireguard";
+/// The kernel's own BTF, the base of every module's.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Resolves the `struct wg_peer` offsets the kernel-mode probe reads from the
+/// `wireguard` module's BTF (`btf` parsed with [`Btf::parse_split`]).
+pub fn wg_peer_offsets(btf: &Btf) -> Result<WgPeerOffsets, OffsetsError> {
+    let peer = |path: &[&str]| btf.member_path_offset("wg_peer", path);
+    Ok(WgPeerOffsets {
+        valid: 1,
+        internal_id: peer(&["internal_id"])?,
+        rx_bytes: peer(&["rx_bytes"])?,
+        tx_bytes: peer(&["tx_bytes"])?,
+        walltime_last_handshake: peer(&["walltime_last_handshake"])?,
+        endpoint: peer(&["endpoint"])?,
+        remote_static: peer(&["handshake", "remote_static"])?,
+        device: peer(&["device"])?,
+        device_dev: btf.member_path_offset("wg_device", &["dev"])?,
+        ifindex: btf.member_path_offset("net_device", &["ifindex"])?,
+        nd_net: btf.member_path_offset("net_device", &["nd_net", "net"])?,
+        // Without the namespace inode the agent matches devices by ifindex alone.
+        net_inum: btf.member_path_offset("net", &["ns", "inum"]).unwrap_or(0),
+    })
 }
 
 #[cfg(test)]
@@ -343,6 +464,70 @@ mod tests {
         assert!(btf.member_offset("outer", "nope").is_err());
         assert!(btf.member_offset("missing", "a").is_err());
         assert_eq!(btf.tracepoint_args("t").unwrap(), 2);
+    }
+
+    /// A module blob on top of [`tiny_btf`]: typedef outer_t -> outer (id 8), struct
+    /// wrap { outer_t a; int tail; } (id 9), names from both string sections.
+    fn tiny_split_btf(base: &[u8]) -> Vec<u8> {
+        let base_strings = sections(base).unwrap().1.len() as u32;
+        let strings = b"\0wrap\0tail\0outer_t\0";
+        let own = |s: &str| -> u32 {
+            let needle = format!("\0{s}\0");
+            base_strings
+                + strings
+                    .windows(needle.len())
+                    .position(|w| w == needle.as_bytes())
+                    .unwrap() as u32
+                + 1
+        };
+        // "a" lives in the base's strings: `\0int\0outer\0a\0` puts it at 11.
+        let base_a = 11;
+        let info = |kind: u32, vlen: u32| (kind << 24) | vlen;
+        let mut types = Vec::new();
+        for w in [
+            own("outer_t"),
+            info(KIND_TYPEDEF, 0),
+            4,
+            own("wrap"),
+            info(KIND_STRUCT, 2),
+            12,
+            base_a,
+            8,
+            0,
+            own("tail"),
+            1,
+            64,
+        ] {
+            types.extend_from_slice(&w.to_le_bytes());
+        }
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]);
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend_from_slice(&w.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(strings);
+        blob
+    }
+
+    #[test]
+    fn split_btf_continues_ids_and_strings_of_its_base() {
+        let base = tiny_btf();
+        let btf = Btf::parse_split(&tiny_split_btf(&base), &base).unwrap();
+        assert_eq!(btf.member_path_offset("wrap", &["tail"]).unwrap(), 8);
+        // Through the typedef into the base's struct and its anonymous union.
+        assert_eq!(btf.member_path_offset("wrap", &["a", "q"]).unwrap(), 6);
+        assert_eq!(btf.member_path_offset("wrap", &["a", "x"]).unwrap(), 4);
+        assert!(btf.member_path_offset("wrap", &["a", "nope"]).is_err());
+        // Base types stay reachable.
+        assert_eq!(btf.member_offset("outer", "q").unwrap(), 6);
     }
 
     #[test]

@@ -203,6 +203,9 @@ pub struct Snapshot {
     pub globals: GlobalStats,
     /// Socket drops per device id (totals).
     pub device_drops: Vec<(u32, DeviceDrops)>,
+    /// Kernel-mode readings of every kernel WireGuard peer in the agent's namespace
+    /// (`None`: kernel-mode attribution is off).
+    pub kernel_peers: Option<Vec<crate::kernel_mode::KernelPeerReading>>,
 }
 
 /// Role of the local device in a completed handshake.

@@ -14,6 +14,11 @@ use crate::snapshot::GlobalStats;
 pub struct AgentStatus {
     /// Interfaces the classifiers are attached to.
     pub attached: Vec<String>,
+    /// Kernel-mode attribution: whether it is on (kernel WireGuard peers read by the
+    /// kprobes) and, when off, why.
+    pub kernel_mode: bool,
+    /// What kernel mode attached, or why it is off.
+    pub kernel_mode_detail: String,
     /// When devices were last read successfully.
     pub devices_read_at: Option<SystemTime>,
     /// The last device read's error, if it failed.

@@ -45,10 +45,15 @@ impl InProcessAgent {
 
     /// Starts the agent in B's namespace and waits for its first device read.
     pub fn start(pair: &WgPair, config: Config) -> Self {
+        Self::start_in(&pair.b, config)
+    }
+
+    /// Starts the agent in `ns` and waits for its first device read.
+    pub fn start_in(ns: &crate::netns::NetNs, config: Config) -> Self {
         let (queue, events) = EventQueue::bounded(1024);
         let (observer, observations) = crossbeam_channel::bounded(100_000);
         let running = {
-            let _inside = pair.b.enter();
+            let _inside = ns.enter();
             agent::start(config, queue, Some(observer)).expect("starting the agent")
         };
         let agent = Self {

@@ -72,6 +72,7 @@ fn attach_in_b(pair: &Pair) -> (Datapath, Drain) {
     let mut datapath = Datapath::load(&LoadOptions {
         max_peers: 1024,
         attach_drop_counter: true,
+        kernel_attribution: false,
     })
     .expect("loading the datapath");
     datapath

@@ -3,18 +3,25 @@
 //! host): netlink discovery against `wg show`, including a 300-peer dump split over
 //! several messages; the datapath's wire counts against the kernel's own interface
 //! counters (the veth carries nothing but WireGuard: no IPv6, static neighbours) and
-//! against `wg show`; and what the loader leaves behind on detach.
+//! against `wg show`; what the loader leaves behind on detach; kernel-mode
+//! attribution's per-peer counters against `wg show` and the difference to the wire
+//! view against datagrams the test injects; and the connect, roam, disconnect and
+//! remove events.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
 use wgpulse::agent::{self, Observation};
 use wgpulse::config::Config;
-use wgpulse::events::EventQueue;
+use wgpulse::events::{Event, EventQueue};
+use wgpulse::peers::KernelView;
 use wgpulse::wg::{DiscoveryOptions, PublicKey};
-use wgpulse_tests::kernel_wg::KernelPair;
-use wgpulse_tests::netns::NetNs;
+use wgpulse_tests::agent::{kinds, InProcessAgent};
+use wgpulse_tests::kernel_wg::{KernelDevice, KernelPair};
+use wgpulse_tests::netns::{NetNs, Veth};
 use wgpulse_tests::process::wait_for;
 
 fn require_kernel_wireguard() {
@@ -224,4 +231,270 @@ fn wire_counts_match_the_interface_counters_and_wg_show() {
             .trim()
             .replace('\n', " | ")
     );
+}
+
+/// A third namespace C with its own kernel WireGuard device, peered with B over a
+/// second veth: B then has two peers. C's tunnel address is `10.<t>.0.3`.
+struct ThirdPeer {
+    wg: KernelDevice,
+    _link: Veth,
+    ns: NetNs,
+}
+
+impl ThirdPeer {
+    fn join(pair: &KernelPair) -> Self {
+        let ns = NetNs::new("kwc");
+        let t = pair.tunnel_b.octets()[1];
+        let link = Veth::connect(&ns, &pair.b, t, 2);
+        let tunnel = std::net::Ipv4Addr::new(10, t, 0, 3);
+        let wg = KernelDevice::create(&ns, "kwgc", 51822, &format!("{tunnel}/24"));
+        wg.set_peer(
+            &pair.wg_b.keys.public,
+            Some(SocketAddr::new(link.b.v4.into(), pair.wg_b.port)),
+            &format!("{}/32", pair.tunnel_b),
+        );
+        pair.wg_b.set_peer(
+            &wg.keys.public,
+            Some(SocketAddr::new(link.a.v4.into(), wg.port)),
+            &format!("{tunnel}/32"),
+        );
+        Self {
+            wg,
+            _link: link,
+            ns,
+        }
+    }
+}
+
+/// An in-process agent in B watching B's device on every veth of B.
+fn agent_in_b(pair: &KernelPair, state: &Path, disconnect_after: Duration) -> InProcessAgent {
+    let config = Config {
+        state_dir: state.to_owned(),
+        node: Some("vm-node".into()),
+        devices: vec![pair.wg_b.name.clone()],
+        drain_interval: Duration::from_millis(200),
+        refresh_interval: Duration::from_secs(1),
+        disconnect_after,
+        ..Config::default()
+    };
+    InProcessAgent::start_in(&pair.b, config)
+}
+
+/// The kernel-mode view of a peer of B, if the agent has one.
+fn kernel_view(agent: &InProcessAgent, device: &str, key: &str) -> Option<KernelView> {
+    let shared = agent.shared();
+    let table = shared.table.read().unwrap();
+    let key: PublicKey = key.parse().unwrap();
+    table.peer(device, &key).and_then(|p| p.kernel)
+}
+
+/// Sends `count` datagrams of `len` bytes (first byte `first`, the rest random) from
+/// `from` to `to` inside `ns`.
+fn send_datagrams(
+    ns: &NetNs,
+    from: SocketAddr,
+    to: SocketAddr,
+    first: u8,
+    len: usize,
+    count: usize,
+) {
+    use rand::RngCore as _;
+    let socket = {
+        let _inside = ns.enter();
+        std::net::UdpSocket::bind(from).expect("binding the sender")
+    };
+    let mut datagram = vec![0u8; len];
+    for _ in 0..count {
+        rand::thread_rng().fill_bytes(&mut datagram);
+        datagram[0] = first;
+        if len >= 4 {
+            datagram[1..4].fill(0);
+        }
+        socket.send_to(&datagram, to).expect("sending");
+    }
+}
+
+#[test]
+#[ignore = "needs kernel WireGuard: runs inside `cargo xtask vmtest`"]
+fn kernel_mode_counts_equal_wg_show_per_peer_and_the_difference_is_what_wireguard_rejected() {
+    require_kernel_wireguard();
+    let pair = KernelPair::new();
+    let third = ThirdPeer::join(&pair);
+    let state = tempfile::tempdir().unwrap();
+    let agent = agent_in_b(&pair, state.path(), Duration::from_secs(180));
+    {
+        let shared = agent.shared();
+        let status = shared.status.read().unwrap();
+        assert!(
+            status.kernel_mode,
+            "kernel-mode attribution is off: {}",
+            status.kernel_mode_detail
+        );
+        println!("VMTEST_NOTE kernel mode: {}", status.kernel_mode_detail);
+    }
+    let device = pair.wg_b.name.clone();
+    let peer_a = pair.wg_a.keys.public.clone();
+    let peer_c = third.wg.keys.public.clone();
+
+    let ping = |ns: &NetNs, size: &str| {
+        ns.run(&[
+            "ping",
+            "-q",
+            "-c",
+            "5",
+            "-i",
+            "0.2",
+            "-s",
+            size,
+            &pair.tunnel_b.to_string(),
+        ]);
+    };
+    ping(&pair.a, "1000");
+    ping(&third.ns, "200");
+
+    // Each peer's kernel-mode counters equal wg show, read back to back until both
+    // agree (a keepalive between the two reads moves one of them).
+    let equal_to_wg_show = |what: &str| {
+        let mut last = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let dump = pair.wg_b.dump();
+            let mut all = true;
+            last.clear();
+            for key in [&peer_a, &peer_c] {
+                let theirs = dump.peer(key).expect("peer in wg show");
+                let ours = kernel_view(&agent, &device, key);
+                last.push_str(&format!(
+                    "{}: wg show rx {} tx {}, kernel mode {:?}; ",
+                    &key[..8],
+                    theirs.rx_bytes,
+                    theirs.tx_bytes,
+                    ours.map(|k| (k.rx_bytes, k.tx_bytes))
+                ));
+                all &= ours.is_some_and(|k| {
+                    (k.rx_bytes, k.tx_bytes) == (theirs.rx_bytes, theirs.tx_bytes)
+                        && theirs.rx_bytes > 0
+                });
+            }
+            if all {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {last}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    equal_to_wg_show("kernel-mode counters equal to wg show");
+
+    // What only the two views together show: A's endpoint sends 50 data-shaped
+    // datagrams WireGuard cannot decrypt (no such session) and 30 that are no
+    // WireGuard message at all. A's device is down meanwhile so its port is free.
+    pair.a.run(&["ip", "link", "set", &pair.wg_a.name, "down"]);
+    let a_endpoint = pair.endpoint_a();
+    let b_endpoint = SocketAddr::new(pair.link.b.v4.into(), pair.wg_b.port);
+    send_datagrams(&pair.a, a_endpoint, b_endpoint, 4, 64, 50);
+    send_datagrams(&pair.a, a_endpoint, b_endpoint, 9, 3, 30);
+    pair.a.run(&["ip", "link", "set", &pair.wg_a.name, "up"]);
+    let injected = 50 * 64 + 30 * 3;
+    ping(&pair.a, "500");
+    equal_to_wg_show("kernel-mode counters equal to wg show after the garbage");
+    wait_for(
+        "A's rejected bytes to equal the injected datagrams",
+        Duration::from_secs(30),
+        || kernel_view(&agent, &device, &peer_a).is_some_and(|k| k.difference_rx_bytes == injected),
+    );
+    let a = kernel_view(&agent, &device, &peer_a).unwrap();
+    let c = kernel_view(&agent, &device, &peer_c).unwrap();
+    assert_eq!(a.difference_tx_bytes, 0, "{a:?}");
+    assert_eq!(
+        (c.difference_rx_bytes, c.difference_tx_bytes),
+        (0, 0),
+        "{c:?}"
+    );
+    assert_ne!(a.internal_id, c.internal_id);
+    println!(
+        "VMTEST_NOTE kernel mode: A rx {} tx {} rejected {}, C rx {} tx {}",
+        a.rx_bytes, a.tx_bytes, a.difference_rx_bytes, c.rx_bytes, c.tx_bytes
+    );
+    agent.stop();
+}
+
+#[test]
+#[ignore = "needs kernel WireGuard: runs inside `cargo xtask vmtest`"]
+fn connect_roam_disconnect_and_remove_events_with_kernel_wireguard() {
+    require_kernel_wireguard();
+    let pair = KernelPair::new();
+    let state = tempfile::tempdir().unwrap();
+    let disconnect_after = Duration::from_secs(6);
+    let mut agent = agent_in_b(&pair, state.path(), disconnect_after);
+    let state_event = |e: &Event| e.entity != "alert" && e.event != "handshake";
+    assert!(
+        agent.pending().iter().all(|e| !state_event(e)),
+        "the baseline read emits nothing: {:?}",
+        kinds(&agent.seen)
+    );
+    let peer_a = pair.wg_a.keys.public.clone();
+    let tunnel_b = pair.tunnel_b.to_string();
+
+    // Connect, from the datapath's handshake notice.
+    pair.a.run(&["ping", "-q", "-c", "1", &tunnel_b]);
+    let connect = agent.next_matching("peer_metric.connect", Duration::from_secs(20), state_event);
+    assert_eq!(connect.kind(), "peer_metric.connect");
+    assert_eq!(connect.identifier, peer_a);
+    assert_eq!(connect.payload["Status"]["IsConnected"], true);
+    assert_eq!(connect.payload["Status"]["HandshakesCompleted"], 1);
+    assert_eq!(
+        connect.payload["Status"]["Endpoint"],
+        pair.endpoint_a().to_string()
+    );
+
+    // Roam: A's device moves to another port, B sees its data from there.
+    pair.wg_a
+        .wg(&["set", &pair.wg_a.name, "listen-port", "51831"]);
+    pair.a.run(&["ping", "-q", "-c", "1", &tunnel_b]);
+    let roam = agent.next_matching("peer.update (roam)", Duration::from_secs(20), state_event);
+    assert_eq!(roam.kind(), "peer.update");
+    assert_eq!(
+        roam.payload["ChangedFields"],
+        serde_json::json!(["Endpoint"])
+    );
+    let new_endpoint = SocketAddr::new(pair.link.a.v4.into(), 51831).to_string();
+    assert_eq!(roam.payload["Endpoint"], new_endpoint.as_str());
+
+    // Silence: disconnected at the threshold.
+    let disconnect = agent.next_matching(
+        "peer_metric.disconnect",
+        disconnect_after + Duration::from_secs(20),
+        state_event,
+    );
+    assert_eq!(disconnect.kind(), "peer_metric.disconnect");
+    assert_eq!(
+        disconnect.payload["Status"]["DisconnectReason"],
+        "handshake_expired"
+    );
+
+    // Removed from B: deleted.
+    pair.wg_b
+        .wg(&["set", &pair.wg_b.name, "peer", &peer_a, "remove"]);
+    let delete = agent.next_matching("peer.delete", Duration::from_secs(20), state_event);
+    assert_eq!(delete.kind(), "peer.delete");
+    assert_eq!(delete.identifier, peer_a);
+
+    let all = agent.stop();
+    assert_eq!(
+        all.iter()
+            .filter(|e| e.identifier == peer_a && state_event(e))
+            .map(Event::kind)
+            .collect::<Vec<_>>(),
+        [
+            "peer_metric.connect",
+            "peer.update",
+            "peer_metric.disconnect",
+            "peer.delete"
+        ],
+        "per-peer order"
+    );
+    let text = serde_json::to_string(&all).unwrap();
+    for secret in [pair.wg_a.keys.private_key(), pair.wg_b.keys.private_key()] {
+        assert!(!text.contains(&secret), "a private key in an event");
+    }
 }

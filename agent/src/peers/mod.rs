@@ -39,8 +39,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 pub use state::{
-    DeviceState, HandshakeMessages, PeerKey, PeerState, UnknownEndpoint, UnknownTraffic,
-    WgCounters, WireCounters, UNKNOWN_ENDPOINTS_KEPT,
+    DeviceState, HandshakeMessages, KernelView, PeerKey, PeerState, UnknownEndpoint,
+    UnknownTraffic, WgCounters, WireCounters, UNKNOWN_ENDPOINTS_KEPT,
 };
 
 use crate::snapshot::{has_traffic, EndpointStats, Role, SessionNotice};
@@ -548,6 +548,24 @@ impl PeerTable {
         changes
     }
 
+    /// Applies the kernel-mode readings of a drain (after its wire samples) to the
+    /// peers they belong to; readings of devices or peers the table does not know yet
+    /// wait for the next drain.
+    pub fn apply_kernel(&mut self, readings: &[crate::kernel_mode::KernelPeerReading]) {
+        for reading in readings {
+            let Some(device) = &reading.device else {
+                continue;
+            };
+            let key = PeerKey {
+                device: device.clone(),
+                public_key: reading.public_key,
+            };
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.kernel = Some(KernelView::observe(peer.kernel, reading, &peer.wire));
+            }
+        }
+    }
+
     /// Applies a session notice from the datapath (`device` resolved from its id).
     pub fn apply_notice(
         &mut self,
@@ -833,6 +851,7 @@ fn new_peer(key: PeerKey, peer: &Peer, now: SystemTime) -> PeerState {
         addresses_seen: peer.endpoint.map(|e| e.ip()).into_iter().collect(),
         at_last_handshake: WireCounters::default(),
         name: None,
+        kernel: None,
     }
 }
 

@@ -225,6 +225,58 @@ impl WgCounters {
     }
 }
 
+/// The kernel-mode view of a peer (kernel WireGuard with kernel-mode attribution on):
+/// WireGuard's own counters read at every drain, keyed by the peer itself, and how far
+/// the wire view is from them since the agent first read the peer in this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct KernelView {
+    /// WireGuard's internal id of the peer.
+    pub internal_id: u64,
+    /// Bytes WireGuard accepted from the peer (`wg show transfer` received).
+    pub rx_bytes: u64,
+    /// Bytes WireGuard sent to the peer (`wg show transfer` sent).
+    pub tx_bytes: u64,
+    /// WireGuard's last completed handshake.
+    pub last_handshake: Option<SystemTime>,
+    /// Received bytes the wire saw from the peer's endpoints (valid and invalid
+    /// datagrams) that WireGuard did not accept: invalid or replayed messages, failed
+    /// authentication, cookie replies, socket drops. Since the first reading of this run.
+    pub difference_rx_bytes: i64,
+    /// Sent bytes on the wire that WireGuard's counter does not hold (cookie replies),
+    /// since the first reading of this run.
+    pub difference_tx_bytes: i64,
+    /// Kernel (rx, tx) and wire (rx, tx) bytes at the first reading.
+    #[serde(skip)]
+    baseline: [u64; 4],
+}
+
+impl KernelView {
+    /// The view after a new reading, given the peer's wire counters now.
+    pub fn observe(
+        previous: Option<KernelView>,
+        reading: &crate::kernel_mode::KernelPeerReading,
+        wire: &WireCounters,
+    ) -> Self {
+        let wire_rx = wire.rx_bytes + wire.rx_invalid_bytes;
+        let wire_tx = wire.tx_bytes;
+        let baseline = match previous {
+            Some(view) if view.internal_id == reading.internal_id => view.baseline,
+            // First reading, or the peer was removed and added again.
+            _ => [reading.rx_bytes, reading.tx_bytes, wire_rx, wire_tx],
+        };
+        let since = |now: u64, then: u64| now as i64 - then as i64;
+        Self {
+            internal_id: reading.internal_id,
+            rx_bytes: reading.rx_bytes,
+            tx_bytes: reading.tx_bytes,
+            last_handshake: reading.last_handshake,
+            difference_rx_bytes: since(wire_rx, baseline[2]) - since(reading.rx_bytes, baseline[0]),
+            difference_tx_bytes: since(wire_tx, baseline[3]) - since(reading.tx_bytes, baseline[1]),
+            baseline,
+        }
+    }
+}
+
 /// One peer as the agent keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerState {
@@ -281,6 +333,9 @@ pub struct PeerState {
     /// Name, user, email and tags from `peers_file`, if it names the peer.
     #[serde(default)]
     pub name: Option<super::names::PeerName>,
+    /// The kernel-mode view (kernel WireGuard only; starts over with every run).
+    #[serde(skip)]
+    pub kernel: Option<KernelView>,
 }
 
 /// How many endpoint addresses are remembered per peer.

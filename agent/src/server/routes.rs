@@ -109,7 +109,12 @@ fn ready(state: &ApiState) -> Reply {
     if reasons.is_empty() {
         json_reply(
             StatusCode::OK,
-            json!({"status": "ready", "attached": status.attached}),
+            json!({
+                "status": "ready",
+                "attached": status.attached,
+                "kernel_mode": status.kernel_mode,
+                "kernel_mode_detail": status.kernel_mode_detail,
+            }),
         )
     } else {
         json_reply(

@@ -24,6 +24,26 @@ pub struct WireGuardView {
     pub tx_bytes: u64,
 }
 
+/// The kernel-mode view: WireGuard's counters read from the kernel at every drain,
+/// and how far the wire view is from them (kernel WireGuard only).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KernelModeView {
+    /// WireGuard's internal peer id.
+    pub internal_id: u64,
+    /// Bytes WireGuard accepted from the peer (equals `wg show transfer`).
+    pub rx_bytes: u64,
+    /// Bytes WireGuard sent to the peer (equals `wg show transfer`).
+    pub tx_bytes: u64,
+    /// WireGuard's last completed handshake.
+    pub last_handshake: Option<String>,
+    /// Received bytes on the wire that WireGuard did not accept, since the agent's
+    /// first reading of the peer in this run.
+    pub rejected_rx_bytes: i64,
+    /// Sent bytes on the wire that WireGuard's counter does not hold (cookie replies),
+    /// since the same reading.
+    pub unaccounted_tx_bytes: i64,
+}
+
 /// The wire view.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WireView {
@@ -78,6 +98,9 @@ pub struct PeerView {
     pub wireguard: WireGuardView,
     /// The wire's counters.
     pub wire: WireView,
+    /// The kernel-mode view (absent without kernel-mode attribution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelModeView>,
 }
 
 impl PeerView {
@@ -115,6 +138,14 @@ impl PeerView {
                 rx_initiations: peer.wire.handshakes.rx_initiations,
                 tx_initiations: peer.wire.handshakes.tx_initiations,
             },
+            kernel: peer.kernel.map(|k| KernelModeView {
+                internal_id: k.internal_id,
+                rx_bytes: k.rx_bytes,
+                tx_bytes: k.tx_bytes,
+                last_handshake: rfc3339(k.last_handshake),
+                rejected_rx_bytes: k.difference_rx_bytes,
+                unaccounted_tx_bytes: k.difference_tx_bytes,
+            }),
         }
     }
 }

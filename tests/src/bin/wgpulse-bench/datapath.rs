@@ -45,6 +45,7 @@ fn datapath() -> Datapath {
     let mut datapath = Datapath::load(&LoadOptions {
         max_peers: 65_536,
         attach_drop_counter: false,
+        kernel_attribution: false,
     })
     .expect("loading the datapath (run as root)");
     datapath

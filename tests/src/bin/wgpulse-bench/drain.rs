@@ -34,6 +34,7 @@ pub fn run(quick: bool) -> Part {
         let mut datapath = Datapath::load(&LoadOptions {
             max_peers: 131_072,
             attach_drop_counter: false,
+            kernel_attribution: false,
         })
         .expect("loading the datapath (run as root)");
         datapath
