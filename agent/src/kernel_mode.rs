@@ -207,9 +207,12 @@ impl KernelPeers {
     }
 }
 
-/// Inode number of the agent's network namespace (0 if it cannot be read).
+/// Inode number of the calling thread's network namespace (0 if it cannot be read).
+/// `thread-self`, not `self`: a thread may have entered another namespace than the
+/// process's first thread (as the agent does when started inside a namespace), and the
+/// drain thread inherits the namespace of the thread that started it.
 fn own_netns() -> u32 {
-    std::fs::metadata("/proc/self/ns/net")
+    std::fs::metadata("/proc/thread-self/ns/net")
         .map(|m| m.ino() as u32)
         .unwrap_or(0)
 }

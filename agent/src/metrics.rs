@@ -264,29 +264,29 @@ fn encode_kernel_mode(peers: &[&crate::peers::PeerState], labels: &[String], out
     if with_view.is_empty() {
         return;
     }
-    type Value = fn(&KernelView) -> i64;
+    type Value = fn(&KernelView) -> Option<i64>;
     let families: [(&str, &str, &str, Value); 4] = [
         (
             "wgpulse_peer_kernel_receive_bytes_total",
             "Bytes WireGuard accepted from the peer, read from the kernel at every drain (kernel-mode attribution).",
             "counter",
-            |k| k.rx_bytes as i64,
+            |k| Some(k.rx_bytes as i64),
         ),
         (
             "wgpulse_peer_kernel_transmit_bytes_total",
             "Bytes WireGuard sent to the peer, read from the kernel at every drain (kernel-mode attribution).",
             "counter",
-            |k| k.tx_bytes as i64,
+            |k| Some(k.tx_bytes as i64),
         ),
         (
             "wgpulse_peer_rejected_receive_bytes",
-            "Received bytes on the wire that WireGuard did not accept (invalid, replayed, unauthenticated, cookie replies, socket drops) since the agent started.",
+            "Received bytes on the wire that WireGuard did not accept (invalid, replayed, unauthenticated, cookie replies, socket drops) since the first quiet drain of this run.",
             "gauge",
             |k| k.difference_rx_bytes,
         ),
         (
             "wgpulse_peer_unaccounted_transmit_bytes",
-            "Sent bytes on the wire that WireGuard's counter does not hold (cookie replies) since the agent started.",
+            "Sent bytes on the wire that WireGuard's counter does not hold (cookie replies) since the first quiet drain of this run.",
             "gauge",
             |k| k.difference_tx_bytes,
         ),
@@ -294,7 +294,9 @@ fn encode_kernel_mode(peers: &[&crate::peers::PeerState], labels: &[String], out
     for (name, help, kind, value) in families {
         header(out, name, help, kind);
         for (view, labels) in &with_view {
-            let _ = writeln!(out, "{name}{{{labels}}} {}", value(view));
+            if let Some(value) = value(view) {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
         }
     }
 }

@@ -80,6 +80,20 @@ impl InProcessAgent {
         }
     }
 
+    /// Waits for the next completed drain (the table holds its counters when this
+    /// returns).
+    pub fn await_drain(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.observations.recv_timeout(left) {
+                Ok(Observation::Snapshot(_)) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no drain within 15 s: {e}"),
+            }
+        }
+    }
+
     /// The next event `wanted` accepts (others are kept in [`Self::seen`]), or a panic
     /// naming `what`.
     pub fn next_matching(

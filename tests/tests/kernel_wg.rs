@@ -288,6 +288,18 @@ fn kernel_view(agent: &InProcessAgent, device: &str, key: &str) -> Option<Kernel
     table.peer(device, &key).and_then(|p| p.kernel)
 }
 
+/// Calls `condition` until it holds (true) or `timeout` passed (false); `condition`
+/// itself waits for what it checks.
+fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Sends `count` datagrams of `len` bytes (first byte `first`, the rest random) from
 /// `from` to `to` inside `ns`.
 fn send_datagrams(
@@ -380,7 +392,7 @@ fn kernel_mode_counts_equal_wg_show_per_peer_and_the_difference_is_what_wireguar
                 return;
             }
             assert!(Instant::now() < deadline, "{what}: {last}");
-            std::thread::sleep(Duration::from_millis(100));
+            agent.await_drain();
         }
     };
     equal_to_wg_show("kernel-mode counters equal to wg show");
@@ -397,23 +409,29 @@ fn kernel_mode_counts_equal_wg_show_per_peer_and_the_difference_is_what_wireguar
     let injected = 50 * 64 + 30 * 3;
     ping(&pair.a, "500");
     equal_to_wg_show("kernel-mode counters equal to wg show after the garbage");
-    wait_for(
-        "A's rejected bytes to equal the injected datagrams",
-        Duration::from_secs(30),
-        || kernel_view(&agent, &device, &peer_a).is_some_and(|k| k.difference_rx_bytes == injected),
+    // The difference settles at the first drain after the traffic stops.
+    let mut last = None;
+    let settled = wait_until(Duration::from_secs(30), || {
+        agent.await_drain();
+        last = kernel_view(&agent, &device, &peer_a);
+        last.is_some_and(|k| k.difference_rx_bytes == Some(injected))
+    });
+    assert!(
+        settled,
+        "A's rejected bytes never equalled the {injected} injected: last view {last:?}"
     );
-    let a = kernel_view(&agent, &device, &peer_a).unwrap();
+    let a = last.unwrap();
     let c = kernel_view(&agent, &device, &peer_c).unwrap();
-    assert_eq!(a.difference_tx_bytes, 0, "{a:?}");
+    assert_eq!(a.difference_tx_bytes, Some(0), "{a:?}");
     assert_eq!(
         (c.difference_rx_bytes, c.difference_tx_bytes),
-        (0, 0),
+        (Some(0), Some(0)),
         "{c:?}"
     );
     assert_ne!(a.internal_id, c.internal_id);
     println!(
         "VMTEST_NOTE kernel mode: A rx {} tx {} rejected {}, C rx {} tx {}",
-        a.rx_bytes, a.tx_bytes, a.difference_rx_bytes, c.rx_bytes, c.tx_bytes
+        a.rx_bytes, a.tx_bytes, injected, c.rx_bytes, c.tx_bytes
     );
     agent.stop();
 }

@@ -196,11 +196,11 @@ impl Cpio {
         self.data.extend_from_slice(header.as_bytes());
         self.data.extend_from_slice(name.as_bytes());
         self.data.push(0);
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
         self.data.extend_from_slice(body);
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
     }
@@ -253,6 +253,9 @@ impl Cpio {
     }
 }
 
+/// The first line our init prints: the kernel booted as far as userspace.
+const INIT_MARKER: &str = "VMTEST_INIT_STARTED";
+
 /// The guest's init: mounts, modules in dependency order, the tests, the verdict.
 fn init_script(modules: &[String]) -> String {
     let insmods: String = modules
@@ -261,6 +264,7 @@ fn init_script(modules: &[String]) -> String {
         .collect();
     format!(
         r#"#!/usr/bin/dash
+echo {INIT_MARKER}
 export PATH=/bin:/usr/bin:/usr/sbin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -373,7 +377,14 @@ fn prepare(kernel: &Kernel) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     let dir = cache().join(&package);
     let image = dir.join("vmlinux");
     vmlinux(&root.join(format!("boot/vmlinuz-{kv}")), &image)?;
-    let base = dir.join("base.cpio");
+    // Named by a hash of the init script: a changed init rebuilds the base archive.
+    let init_hash = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        init_script(&[]).hash(&mut hasher);
+        hasher.finish()
+    };
+    let base = dir.join(format!("base-{init_hash:016x}.cpio"));
     if !base.exists() {
         let modules = module_closure(&root, &kv, &busybox)?;
         let mut cpio = Cpio::default();
@@ -432,7 +443,7 @@ fn test_archive() -> anyhow::Result<Vec<u8>> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["target"]["name"] == "kernel_wg" && v["profile"]["test"] == true)
         .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .last()
+        .next_back()
         .context("no test executable in cargo's output")?;
     let stripped = cache().join("kernel_wg");
     cmd::run(
@@ -452,7 +463,7 @@ fn test_archive() -> anyhow::Result<Vec<u8>> {
 }
 
 /// Boots one kernel with the tests; returns the tests' exit code.
-fn boot(kernel: &Kernel, tests: &[u8]) -> anyhow::Result<i32> {
+fn boot(kernel: &Kernel, tests: &[u8]) -> anyhow::Result<Boot> {
     let started = Instant::now();
     let (image, base, kv) = prepare(kernel)?;
     let run_dir = cache().join(format!("run-{}", kernel.label));
@@ -498,7 +509,9 @@ fn boot(kernel: &Kernel, tests: &[u8]) -> anyhow::Result<i32> {
         .spawn()
         .context("starting qemu-system-x86_64 (cargo xtask vmtest installs qemu-system-x86)")?;
     let stdout = child.stdout.take().unwrap();
+    let mut init_started = false;
     for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+        init_started |= line.contains(INIT_MARKER);
         println!("  [{}] {}", kernel.label, line.trim_end_matches('\r'));
     }
     let status = child.wait()?;
@@ -516,7 +529,40 @@ fn boot(kernel: &Kernel, tests: &[u8]) -> anyhow::Result<i32> {
         },
         started.elapsed().as_secs_f64()
     );
-    code.context("the guest reported no result")
+    match code {
+        Some(code) => Ok(Boot::Result(code)),
+        None if !init_started => Ok(Boot::CrashedBeforeInit),
+        None => bail!("the guest reported no result"),
+    }
+}
+
+/// How one boot ended.
+enum Boot {
+    /// The tests ran and exited with this code.
+    Result(i32),
+    /// The kernel died before our init printed its first line: nothing of ours ran.
+    CrashedBeforeInit,
+}
+
+/// Boots up to this many times when the kernel dies before our init starts (an oops
+/// while the kernel patches its own code under multi-threaded TCG was seen about once
+/// in twenty boots); a crash or hang once the tests started is never retried.
+const BOOT_ATTEMPTS: u32 = 3;
+
+/// Boots `kernel` until the tests ran (see [`BOOT_ATTEMPTS`]); returns their exit code.
+fn boot_until_tests_ran(kernel: &Kernel, tests: &[u8]) -> anyhow::Result<i32> {
+    for attempt in 1..=BOOT_ATTEMPTS {
+        match boot(kernel, tests)? {
+            Boot::Result(code) => return Ok(code),
+            Boot::CrashedBeforeInit if attempt < BOOT_ATTEMPTS => println!(
+                "vmtest: {}: the kernel crashed while booting, before the tests started; booting again ({} of {BOOT_ATTEMPTS})",
+                kernel.label,
+                attempt + 1
+            ),
+            Boot::CrashedBeforeInit => {}
+        }
+    }
+    bail!("the kernel crashed while booting {BOOT_ATTEMPTS} times; the tests never ran")
 }
 
 /// Runs the kernel tests on `which` (`6.1`, `6.12` or `all`).
@@ -546,7 +592,7 @@ pub fn run(which: &str) -> anyhow::Result<()> {
     let tests = test_archive()?;
     let mut failed = Vec::new();
     for kernel in kernels {
-        match boot(kernel, &tests) {
+        match boot_until_tests_ran(kernel, &tests) {
             Ok(0) => {}
             Ok(code) => failed.push(format!("{}: exit {code}", kernel.label)),
             Err(err) => failed.push(format!("{}: {err:#}", kernel.label)),

@@ -227,7 +227,12 @@ impl WgCounters {
 
 /// The kernel-mode view of a peer (kernel WireGuard with kernel-mode attribution on):
 /// WireGuard's own counters read at every drain, keyed by the peer itself, and how far
-/// the wire view is from them since the agent first read the peer in this run.
+/// the wire view is from them since a quiet moment of this run.
+///
+/// The difference needs a baseline at which both views agree on what was in flight:
+/// the first drain at which neither the wire counters nor WireGuard's changed since the
+/// drain before (no datagram between the classifier and WireGuard then). Until such a
+/// moment the difference is unknown (`None`) rather than off by a packet in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct KernelView {
     /// WireGuard's internal id of the peer.
@@ -240,14 +245,17 @@ pub struct KernelView {
     pub last_handshake: Option<SystemTime>,
     /// Received bytes the wire saw from the peer's endpoints (valid and invalid
     /// datagrams) that WireGuard did not accept: invalid or replayed messages, failed
-    /// authentication, cookie replies, socket drops. Since the first reading of this run.
-    pub difference_rx_bytes: i64,
+    /// authentication, cookie replies, socket drops. Since the baseline.
+    pub difference_rx_bytes: Option<i64>,
     /// Sent bytes on the wire that WireGuard's counter does not hold (cookie replies),
-    /// since the first reading of this run.
-    pub difference_tx_bytes: i64,
-    /// Kernel (rx, tx) and wire (rx, tx) bytes at the first reading.
+    /// since the baseline.
+    pub difference_tx_bytes: Option<i64>,
+    /// Kernel (rx, tx) and wire (rx, tx) bytes at the baseline.
     #[serde(skip)]
-    baseline: [u64; 4],
+    baseline: Option<[u64; 4]>,
+    /// Kernel (rx, tx) and wire (rx, tx) bytes at this reading.
+    #[serde(skip)]
+    counters: [u64; 4],
 }
 
 impl KernelView {
@@ -257,22 +265,32 @@ impl KernelView {
         reading: &crate::kernel_mode::KernelPeerReading,
         wire: &WireCounters,
     ) -> Self {
-        let wire_rx = wire.rx_bytes + wire.rx_invalid_bytes;
-        let wire_tx = wire.tx_bytes;
+        let counters = [
+            reading.rx_bytes,
+            reading.tx_bytes,
+            wire.rx_bytes + wire.rx_invalid_bytes,
+            wire.tx_bytes,
+        ];
         let baseline = match previous {
-            Some(view) if view.internal_id == reading.internal_id => view.baseline,
-            // First reading, or the peer was removed and added again.
-            _ => [reading.rx_bytes, reading.tx_bytes, wire_rx, wire_tx],
+            // A peer removed and added again is a new peer with new counters.
+            Some(view) if view.internal_id == reading.internal_id => view
+                .baseline
+                .or((view.counters == counters).then_some(counters)),
+            _ => None,
         };
-        let since = |now: u64, then: u64| now as i64 - then as i64;
+        let since =
+            |i: usize| -> Option<i64> { baseline.map(|b| counters[i] as i64 - b[i] as i64) };
+        let difference =
+            |kernel: usize, wire: usize| -> Option<i64> { Some(since(wire)? - since(kernel)?) };
         Self {
             internal_id: reading.internal_id,
             rx_bytes: reading.rx_bytes,
             tx_bytes: reading.tx_bytes,
             last_handshake: reading.last_handshake,
-            difference_rx_bytes: since(wire_rx, baseline[2]) - since(reading.rx_bytes, baseline[0]),
-            difference_tx_bytes: since(wire_tx, baseline[3]) - since(reading.tx_bytes, baseline[1]),
+            difference_rx_bytes: difference(0, 2),
+            difference_tx_bytes: difference(1, 3),
             baseline,
+            counters,
         }
     }
 }
@@ -359,5 +377,72 @@ impl PeerState {
             self.addresses_seen.remove(0);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_mode::KernelPeerReading;
+
+    fn reading(internal_id: u64, rx: u64, tx: u64) -> KernelPeerReading {
+        KernelPeerReading {
+            internal_id,
+            public_key: PublicKey([1; 32]),
+            ifindex: 3,
+            device: Some("wg0".into()),
+            netns: 0,
+            rx_bytes: rx,
+            tx_bytes: tx,
+            last_handshake: None,
+            endpoint: None,
+        }
+    }
+
+    fn wire(rx: u64, invalid: u64, tx: u64) -> WireCounters {
+        WireCounters {
+            rx_bytes: rx,
+            rx_invalid_bytes: invalid,
+            tx_bytes: tx,
+            ..WireCounters::default()
+        }
+    }
+
+    #[test]
+    fn the_difference_waits_for_a_quiet_drain_then_counts_what_wireguard_rejected() {
+        // First reading: a packet may be in flight between the two views.
+        let first = KernelView::observe(None, &reading(7, 100, 50), &wire(164, 0, 50));
+        assert_eq!(first.difference_rx_bytes, None);
+        // Still moving: no baseline yet.
+        let moving = KernelView::observe(Some(first), &reading(7, 164, 50), &wire(164, 0, 50));
+        assert_eq!(moving.difference_rx_bytes, None);
+        // Quiet: both views unchanged since the drain before.
+        let quiet = KernelView::observe(Some(moving), &reading(7, 164, 50), &wire(164, 0, 50));
+        assert_eq!(
+            (quiet.difference_rx_bytes, quiet.difference_tx_bytes),
+            (Some(0), Some(0))
+        );
+        // 64 bytes WireGuard dropped, 3 invalid bytes, 92 accepted, a 64-byte cookie
+        // reply it does not count as sent.
+        let later = KernelView::observe(
+            Some(quiet),
+            &reading(7, 164 + 92, 50),
+            &wire(164 + 64 + 92, 3, 50 + 64),
+        );
+        assert_eq!(
+            (later.difference_rx_bytes, later.difference_tx_bytes),
+            (Some(67), Some(64))
+        );
+        assert_eq!((later.rx_bytes, later.tx_bytes), (256, 50));
+    }
+
+    #[test]
+    fn a_peer_added_again_starts_without_a_baseline() {
+        let quiet = KernelView::observe(None, &reading(7, 10, 10), &wire(10, 0, 10));
+        let quiet = KernelView::observe(Some(quiet), &reading(7, 10, 10), &wire(10, 0, 10));
+        assert_eq!(quiet.difference_rx_bytes, Some(0));
+        let again = KernelView::observe(Some(quiet), &reading(8, 10, 10), &wire(10, 0, 10));
+        assert_eq!(again.internal_id, 8);
+        assert_eq!(again.difference_rx_bytes, None);
     }
 }

@@ -36,12 +36,12 @@ pub struct KernelModeView {
     pub tx_bytes: u64,
     /// WireGuard's last completed handshake.
     pub last_handshake: Option<String>,
-    /// Received bytes on the wire that WireGuard did not accept, since the agent's
-    /// first reading of the peer in this run.
-    pub rejected_rx_bytes: i64,
+    /// Received bytes on the wire that WireGuard did not accept, since the first
+    /// quiet drain of this run (`null` until the peer had one).
+    pub rejected_rx_bytes: Option<i64>,
     /// Sent bytes on the wire that WireGuard's counter does not hold (cookie replies),
-    /// since the same reading.
-    pub unaccounted_tx_bytes: i64,
+    /// since the same drain.
+    pub unaccounted_tx_bytes: Option<i64>,
 }
 
 /// The wire view.
