@@ -396,6 +396,23 @@ fn kernel_mode_counts_equal_wg_show_per_peer_and_the_difference_is_what_wireguar
         }
     };
     equal_to_wg_show("kernel-mode counters equal to wg show");
+    // Both peers' differences have a baseline (a drain with nothing in flight) before
+    // anything WireGuard rejects is sent; until then they are unknown, never guessed.
+    let mut views = (None, None);
+    let baselined = wait_until(Duration::from_secs(30), || {
+        agent.await_drain();
+        views = (
+            kernel_view(&agent, &device, &peer_a),
+            kernel_view(&agent, &device, &peer_c),
+        );
+        [views.0, views.1].iter().all(|v| {
+            v.is_some_and(|k| (k.difference_rx_bytes, k.difference_tx_bytes) == (Some(0), Some(0)))
+        })
+    });
+    assert!(
+        baselined,
+        "no quiet baseline of 0 for both peers: {views:?}"
+    );
 
     // What only the two views together show: A's endpoint sends 50 data-shaped
     // datagrams WireGuard cannot decrypt (no such session) and 30 that are no
