@@ -225,7 +225,17 @@ fn every_route_with_and_without_its_token_and_the_cli() {
         |path: &str, token: Option<&str>| http(&pair.b, "GET", &format!("{base}{path}"), token);
 
     assert_eq!(get("/healthz", None).0, 200);
-    assert_eq!(get("/readyz", None).0, 200);
+    let (status, ready) = get("/readyz", None);
+    assert_eq!(status, 200, "{ready}");
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    if !std::path::Path::new("/sys/module/wireguard").exists() {
+        // The host kernel has no WireGuard module: TC-only, and readyz says why.
+        assert_eq!(ready["kernel_mode"], false, "{ready}");
+        assert_eq!(
+            ready["kernel_mode_detail"], "the wireguard kernel module is not loaded",
+            "{ready}"
+        );
+    }
     assert_eq!(get("/metrics", None).0, 401);
     assert_eq!(get("/metrics", Some("wrong")).0, 401);
     let (status, exposition) = get("/metrics", Some("metrics-token-456"));

@@ -210,6 +210,10 @@ mod tests {
         assert_eq!(status["LastHandshake"], "2027-01-15T08:00:00Z");
         assert_eq!(status["LastSessionStart"], "2027-01-15T08:00:00Z");
         assert_eq!(status["HandshakesCompleted"], 1);
+        assert!(
+            status.get("KernelBytesReceived").is_none(),
+            "no kernel-mode fields without kernel mode: {status}"
+        );
         let peer = &value["payload"]["Peer"];
         assert_eq!(peer["PublicKey"], key.as_str());
         assert_eq!(peer["Identifier"], key.as_str());
@@ -228,6 +232,46 @@ mod tests {
                 "{secret} in {text}"
             );
         }
+    }
+
+    #[test]
+    fn a_peer_with_a_kernel_mode_view_carries_wireguards_counters_and_the_rejected_bytes() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut wg_peer = Peer::new(PublicKey([7; 32]));
+        wg_peer.endpoint = Some("192.0.2.1:51820".parse().unwrap());
+        let device = Device {
+            name: "wg0".into(),
+            kind: DeviceKind::Kernel,
+            public_key: Some(PublicKey([9; 32])),
+            listen_port: 51820,
+            fwmark: 0,
+            peers: vec![wg_peer],
+        };
+        let mut table = PeerTable::new(Duration::from_secs(180));
+        table.apply_devices(&[device], t0, t0);
+        let reading = crate::kernel_mode::KernelPeerReading {
+            internal_id: 4,
+            public_key: PublicKey([7; 32]),
+            ifindex: 3,
+            device: Some("wg0".into()),
+            netns: 0,
+            rx_bytes: 500,
+            tx_bytes: 700,
+            last_handshake: Some(t0),
+            endpoint: None,
+        };
+        table.apply_kernel(std::slice::from_ref(&reading));
+        let payload = |table: &PeerTable| {
+            let peer = table.peer("wg0", &PublicKey([7; 32])).unwrap();
+            payload::peer_metric(peer, None, None)["Status"].clone()
+        };
+        let first = payload(&table);
+        assert_eq!(first["KernelBytesReceived"], 500);
+        assert_eq!(first["KernelBytesTransmitted"], 700);
+        assert!(first["RejectedBytesReceived"].is_null(), "{first}");
+        // A second drain with nothing new: the quiet baseline.
+        table.apply_kernel(std::slice::from_ref(&reading));
+        assert_eq!(payload(&table)["RejectedBytesReceived"], 0);
     }
 
     fn event_json(event: &Event) -> String {

@@ -168,6 +168,14 @@ pub fn peer_metric(
         "InvalidPackets": state.wire.rx_invalid_packets,
         "SocketDrops": state.wire.socket_drops,
     });
+    if let Some(kernel) = &state.kernel {
+        // Kernel-mode attribution: WireGuard's counters as of the last drain, and the
+        // received wire bytes it did not accept (null until the peer's first quiet
+        // drain).
+        status["KernelBytesReceived"] = json!(kernel.rx_bytes);
+        status["KernelBytesTransmitted"] = json!(kernel.tx_bytes);
+        status["RejectedBytesReceived"] = json!(kernel.difference_rx_bytes);
+    }
     if let Some(reason) = reason {
         status["DisconnectReason"] = json!(reason);
     }
