@@ -39,8 +39,10 @@ pub enum KernelAttribution {
     Off,
 }
 
-/// Attaches the peer probe; `Err` says why kernel mode is not available here.
-pub fn attach(ebpf: &mut Ebpf) -> Result<String, String> {
+/// Whether this kernel can run kernel mode at all (the module and its BTF are there);
+/// `Err` says why not. Checked before the object is loaded, so that the peer map takes
+/// no kernel memory where it would stay empty.
+pub fn available() -> Result<(), String> {
     if !Path::new("/sys/module/wireguard").exists() {
         return Err("the wireguard kernel module is not loaded".into());
     }
@@ -50,6 +52,12 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<String, String> {
             offsets::WIREGUARD_BTF
         ));
     }
+    Ok(())
+}
+
+/// Attaches the peer probe; `Err` says why kernel mode is not available here.
+pub fn attach(ebpf: &mut Ebpf) -> Result<String, String> {
+    available()?;
     let offsets = offsets::Btf::from_split_files(
         Path::new(offsets::WIREGUARD_BTF),
         Path::new(offsets::VMLINUX_BTF),

@@ -159,8 +159,21 @@ impl Datapath {
     /// kernel allows (a failure there is logged and the rest keeps working).
     pub fn load(options: &LoadOptions) -> Result<Self, LoaderError> {
         raise_memlock_limit();
+        let kernel_mode_possible = if options.kernel_attribution {
+            crate::kernel_mode::available()
+        } else {
+            Err("turned off (kernel_attribution = \"off\")".to_owned())
+        };
+        // The per-CPU peer map holds one entry per kernel WireGuard peer; where kernel
+        // mode cannot run it is created with one entry only.
+        let wg_peers_capacity = if kernel_mode_possible.is_ok() {
+            options.max_peers
+        } else {
+            1
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(agent_common::MAP_ENDPOINTS, options.max_peers)
+            .map_max_entries(agent_common::MAP_WG_PEERS, wg_peers_capacity)
             .load(EBPF_OBJECT)
             .map_err(|e| LoaderError::Load(Box::new(e)))?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -190,7 +203,7 @@ impl Datapath {
             port_devices: HashMap::new(),
             attachments: Vec::new(),
             drop_counter: None,
-            kernel_mode: Err("not requested".into()),
+            kernel_mode: Err("not attached".into()),
             logger,
         };
         if options.attach_drop_counter {
@@ -201,9 +214,10 @@ impl Datapath {
                 ),
             }
         }
-        if options.kernel_attribution {
-            datapath.kernel_mode = crate::kernel_mode::attach(&mut datapath.ebpf);
-        }
+        datapath.kernel_mode = match kernel_mode_possible {
+            Ok(()) => crate::kernel_mode::attach(&mut datapath.ebpf),
+            Err(why) => Err(why),
+        };
         Ok(datapath)
     }
 
