@@ -198,7 +198,7 @@ impl Drain {
             if let Some(err) = err.filter(|_| !done) {
                 return Err(err);
             }
-            for i in 0..attr.count as usize {
+            for (i, key) in keys.iter().take(attr.count as usize).enumerate() {
                 let mut total = EndpointStats::default();
                 for cpu in 0..self.cpus {
                     let at = (i * self.cpus + cpu) * value_stride;
@@ -208,7 +208,7 @@ impl Drain {
                     };
                     merge_stats(&mut total, &value);
                 }
-                out.push((keys[i], total));
+                out.push((*key, total));
             }
             if done {
                 return Ok(out);

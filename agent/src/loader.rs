@@ -1,8 +1,9 @@
 //! Puts the datapath into the kernel: loads the embedded eBPF object with aya, sizes
 //! the endpoint map, attaches the classifiers to underlay interfaces (TCX on kernels
-//! >= 6.6, clsact through netlink before), attaches the socket-drop tracepoint and,
-//! where kernel WireGuard runs, the kernel-mode peer probe ([`crate::kernel_mode`]); keeps
-//! the port map in step with the WireGuard devices, and detaches everything on drop.
+//! 6.6 and later, clsact through netlink before), attaches the socket-drop tracepoint
+//! and, where kernel WireGuard runs, the kernel-mode peer probe
+//! ([`crate::kernel_mode`]); keeps the port map in step with the WireGuard devices, and
+//! detaches everything on drop.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

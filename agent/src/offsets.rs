@@ -438,6 +438,11 @@ mod tests {
         push(&[0, info(KIND_FUNC_PROTO, 3), 0, 0, 1, 0, 1, 0, 1]);
         push(&[0, info(KIND_PTR, 0), 5]);
         push(&[name("btf_trace_t"), info(KIND_TYPEDEF, 0), 6]);
+        blob(&types, strings)
+    }
+
+    /// A BTF blob: header, then the type and string sections.
+    fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut blob = Vec::new();
         blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         blob.extend_from_slice(&[1, 0]);
@@ -450,7 +455,7 @@ mod tests {
         ] {
             blob.extend_from_slice(&w.to_le_bytes());
         }
-        blob.extend_from_slice(&types);
+        blob.extend_from_slice(types);
         blob.extend_from_slice(strings);
         blob
     }
@@ -500,21 +505,7 @@ mod tests {
         ] {
             types.extend_from_slice(&w.to_le_bytes());
         }
-        let mut blob = Vec::new();
-        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
-        blob.extend_from_slice(&[1, 0]);
-        for w in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            blob.extend_from_slice(&w.to_le_bytes());
-        }
-        blob.extend_from_slice(&types);
-        blob.extend_from_slice(strings);
-        blob
+        blob(&types, strings)
     }
 
     #[test]

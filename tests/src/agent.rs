@@ -69,27 +69,25 @@ impl InProcessAgent {
     /// Waits for the next completed device read (events it caused are queued before
     /// its observation).
     pub fn await_device_read(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.observations.recv_timeout(left) {
-                Ok(Observation::Devices(_)) => return,
-                Ok(_) => {}
-                Err(e) => panic!("no device read within 15 s: {e}"),
-            }
-        }
+        self.await_observation("device read", |o| matches!(o, Observation::Devices(_)));
     }
 
     /// Waits for the next completed drain (the table holds its counters when this
     /// returns).
     pub fn await_drain(&self) {
+        self.await_observation("drain", |o| matches!(o, Observation::Snapshot(_)));
+    }
+
+    /// Waits up to 15 s for the next observation `wanted` accepts, or panics naming
+    /// `what`.
+    fn await_observation(&self, what: &str, wanted: impl Fn(&Observation) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.observations.recv_timeout(left) {
-                Ok(Observation::Snapshot(_)) => return,
+                Ok(observation) if wanted(&observation) => return,
                 Ok(_) => {}
-                Err(e) => panic!("no drain within 15 s: {e}"),
+                Err(e) => panic!("no {what} within 15 s: {e}"),
             }
         }
     }

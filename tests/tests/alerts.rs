@@ -4,7 +4,7 @@
 //! own UDP counters), a roam to a new address, and the handshake feed.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wgpulse::events::Event;
@@ -20,7 +20,7 @@ fn state_dir() -> PathBuf {
 }
 
 /// An agent with short alert thresholds.
-fn start(pair: &WgPair, state: &PathBuf) -> InProcessAgent {
+fn start(pair: &WgPair, state: &Path) -> InProcessAgent {
     let mut config = InProcessAgent::config(pair, state);
     config.alerts.handshake_unanswered_after = Duration::from_secs(6);
     config.alerts.window = Duration::from_secs(10);

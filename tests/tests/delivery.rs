@@ -374,7 +374,7 @@ fn a_400_is_not_retried_but_dead_lettered_and_replayable() {
         None,
     );
     let sent = event("peer-a", 1);
-    harness.delivery.accept(&[sent.clone()]);
+    harness.delivery.accept(std::slice::from_ref(&sent));
     receiver.wait_for(1, Duration::from_secs(5));
     wait_for("the dead letter", Duration::from_secs(5), || {
         harness.status("w").dead_letters == 1

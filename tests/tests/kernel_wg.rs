@@ -530,6 +530,6 @@ fn connect_roam_disconnect_and_remove_events_with_kernel_wireguard() {
     );
     let text = serde_json::to_string(&all).unwrap();
     for secret in [pair.wg_a.keys.private_key(), pair.wg_b.keys.private_key()] {
-        assert!(!text.contains(&secret), "a private key in an event");
+        assert!(!text.contains(secret), "a private key in an event");
     }
 }

@@ -171,16 +171,10 @@ mod tests {
         wg_peer.has_preshared_key = true;
         wg_peer.rx_bytes = 212;
         wg_peer.tx_bytes = 2884;
-        let device = Device {
-            name: "wg0".into(),
-            kind: DeviceKind::Kernel,
-            public_key: Some(PublicKey([9; 32])),
-            listen_port: 51820,
-            fwmark: 0,
-            peers: vec![wg_peer],
-        };
         let mut table = PeerTable::new(Duration::from_secs(180));
-        assert!(table.apply_devices(&[device], t0, t0).is_empty());
+        assert!(table
+            .apply_devices(&[kernel_device(wg_peer)], t0, t0)
+            .is_empty());
         let notice = SessionNotice::HandshakeComplete {
             endpoint: Endpoint {
                 device: 1,
@@ -239,16 +233,8 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut wg_peer = Peer::new(PublicKey([7; 32]));
         wg_peer.endpoint = Some("192.0.2.1:51820".parse().unwrap());
-        let device = Device {
-            name: "wg0".into(),
-            kind: DeviceKind::Kernel,
-            public_key: Some(PublicKey([9; 32])),
-            listen_port: 51820,
-            fwmark: 0,
-            peers: vec![wg_peer],
-        };
         let mut table = PeerTable::new(Duration::from_secs(180));
-        table.apply_devices(&[device], t0, t0);
+        table.apply_devices(&[kernel_device(wg_peer)], t0, t0);
         let reading = crate::kernel_mode::KernelPeerReading {
             internal_id: 4,
             public_key: PublicKey([7; 32]),
@@ -272,6 +258,18 @@ mod tests {
         // A second drain with nothing new: the quiet baseline.
         table.apply_kernel(std::slice::from_ref(&reading));
         assert_eq!(payload(&table)["RejectedBytesReceived"], 0);
+    }
+
+    /// Kernel device `wg0` with one peer.
+    fn kernel_device(peer: Peer) -> Device {
+        Device {
+            name: "wg0".into(),
+            kind: DeviceKind::Kernel,
+            public_key: Some(PublicKey([9; 32])),
+            listen_port: 51820,
+            fwmark: 0,
+            peers: vec![peer],
+        }
     }
 
     fn event_json(event: &Event) -> String {

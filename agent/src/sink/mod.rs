@@ -256,7 +256,7 @@ impl Delivery {
             // The usual case: nothing held back, write these directly.
             drop(spill);
             if let Err(err) = self.write(events) {
-                self.hold(events.iter().cloned().collect(), &err);
+                self.hold(events.to_vec(), &err);
             }
             return;
         }
@@ -429,7 +429,7 @@ impl Delivery {
 
     /// Every webhook's state.
     pub fn webhooks(&self) -> Vec<WebhookStatus> {
-        self.inner.hooks.iter().map(|h| status(h)).collect()
+        self.inner.hooks.iter().map(status).collect()
     }
 
     /// One webhook's recent deliveries, newest last.

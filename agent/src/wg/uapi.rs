@@ -319,11 +319,13 @@ impl Parser {
                     handshake_nsec: 0,
                 });
             }
-            _ => match self.peer.as_mut() {
-                Some(open) => peer_line(open, key, value)?,
-                // Device-level keys we do not use (protocol extensions).
-                None => {}
-            },
+            // Without an open peer: device-level keys we do not use (protocol
+            // extensions).
+            _ => {
+                if let Some(open) = self.peer.as_mut() {
+                    peer_line(open, key, value)?;
+                }
+            }
         }
         Ok(())
     }

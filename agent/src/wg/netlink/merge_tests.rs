@@ -32,7 +32,11 @@ fn allowed(n: u16) -> WireguardAllowedIp {
 fn peer(n: u16) -> WireguardPeer {
     WireguardPeer(vec![
         WireguardPeerAttribute::PublicKey(key(n)),
-        WireguardPeerAttribute::PresharedKey(if n % 2 == 0 { PRESHARED } else { [0u8; 32] }),
+        WireguardPeerAttribute::PresharedKey(if n.is_multiple_of(2) {
+            PRESHARED
+        } else {
+            [0u8; 32]
+        }),
         WireguardPeerAttribute::Endpoint(SocketAddr::from(([192, 0, 2, 1], 10_000 + n))),
         WireguardPeerAttribute::PersistentKeepalive(n % 30),
         WireguardPeerAttribute::LastHandshake(WireguardTimeSpec {
@@ -112,7 +116,7 @@ fn every_part_of_a_large_dump_is_merged() {
     for (n, peer) in device.peers.iter().enumerate() {
         let n = n as u16;
         assert_eq!(peer.public_key, PublicKey(key(n)), "order kept");
-        assert_eq!(peer.has_preshared_key, n % 2 == 0);
+        assert_eq!(peer.has_preshared_key, n.is_multiple_of(2));
         assert_eq!(
             peer.endpoint,
             Some(SocketAddr::from(([192, 0, 2, 1], 10_000 + n)))

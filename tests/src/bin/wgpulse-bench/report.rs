@@ -129,8 +129,8 @@ impl Part {
     pub fn print(&self) {
         println!("\n{} ({})", self.title, self.method);
         println!(
-            "{:<48} {:>14} {:<12} {:>10} {}",
-            "case", "value", "unit", "ratio", "target"
+            "{:<48} {:>14} {:<12} {:>10} target",
+            "case", "value", "unit", "ratio"
         );
         for row in &self.rows {
             let ratio = row.ratio.map(|r| format!("{r:.3}")).unwrap_or_default();
