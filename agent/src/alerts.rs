@@ -15,6 +15,10 @@ use crate::events::payload::time;
 use crate::peers::{PeerState, WireSample};
 use crate::wg::PublicKey;
 
+/// Most peers named in a `socket_drops` alert's `DropsByPeer` (those with the most
+/// drops); the others are summed in `OtherPeers`.
+pub const DROPS_BY_PEER_LISTED: usize = 20;
+
 /// `[alerts]` configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -351,7 +355,7 @@ impl AlertEngine {
                 .add(now, count, width);
             let rate = total as f64 / per_second;
             if count > 0 && rate >= self.config.socket_drops_per_second {
-                let by_peer: BTreeMap<String, u64> = self
+                let mut by_peer: Vec<(String, u64)> = self
                     .drops_by_peer
                     .get_mut(device)
                     .map(|peers| {
@@ -362,13 +366,24 @@ impl AlertEngine {
                             .collect()
                     })
                     .unwrap_or_default();
-                let evidence = json!({
+                // The peers with the most drops; the rest summed, so that a device with
+                // thousands of peers does not make a payload (and a log line) of
+                // hundreds of kilobytes.
+                by_peer.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let others = by_peer.split_off(by_peer.len().min(DROPS_BY_PEER_LISTED));
+                let mut evidence = json!({
                     "Drops": total,
                     "PerSecond": rate,
                     "WindowSeconds": per_second,
-                    "DropsByPeer": by_peer,
+                    "DropsByPeer": by_peer.into_iter().collect::<BTreeMap<String, u64>>(),
                     "Hint": "the WireGuard socket's receive buffer overflowed: raise net.core.rmem_max (sysctl -w net.core.rmem_max=16777216) and the buffer the WireGuard implementation requests, or give it more CPU",
                 });
+                if !others.is_empty() {
+                    evidence["OtherPeers"] = json!({
+                        "Peers": others.len(),
+                        "Drops": others.iter().map(|(_, n)| n).sum::<u64>(),
+                    });
+                }
                 alerts.extend(self.fire(
                     AlertType::SocketDrops,
                     Severity::Critical,

@@ -131,6 +131,30 @@ fn cookie_storms_and_socket_drops_are_per_device_with_peers_in_evidence() {
 }
 
 #[test]
+fn socket_drops_evidence_names_the_worst_peers_and_sums_the_rest() {
+    let mut engine = AlertEngine::new(AlertsConfig::default());
+    // 30 peers on ports 1..=30, peer n dropping n datagrams.
+    let owner = |_: &str, e: &SocketAddr| Some(PublicKey([e.port() as u8; 32]));
+    let samples: Vec<_> = (1..=30u16)
+        .map(|n| sample(&format!("192.0.2.1:{n}"), |d| d.socket_drops = u64::from(n)))
+        .collect();
+    let alerts = engine.on_drain(&samples, owner, t(0));
+    let drops = alerts
+        .iter()
+        .find(|a| a.kind == AlertType::SocketDrops)
+        .expect("a socket_drops alert");
+    let listed = drops.evidence["DropsByPeer"].as_object().unwrap();
+    assert_eq!(listed.len(), DROPS_BY_PEER_LISTED);
+    // The 20 worst are peers 11..=30; 1..=10 (55 drops) are summed.
+    assert_eq!(listed[&PublicKey([30; 32]).to_base64()], 30);
+    assert_eq!(listed[&PublicKey([11; 32]).to_base64()], 11);
+    assert!(!listed.contains_key(&PublicKey([10; 32]).to_base64()));
+    assert_eq!(drops.evidence["OtherPeers"]["Peers"], 10);
+    assert_eq!(drops.evidence["OtherPeers"]["Drops"], 55);
+    assert_eq!(drops.evidence["Drops"], 465);
+}
+
+#[test]
 fn a_rate_below_the_threshold_raises_nothing() {
     let mut engine = AlertEngine::new(AlertsConfig::default());
     for second in 0..60 {
