@@ -231,11 +231,16 @@ impl Pipeline {
     ) {
         self.refresh();
         let mut next_refresh = Instant::now() + self.config.refresh_interval;
+        // The connection rule runs after anything changed the table and when the
+        // earliest handshake expires; a wake-up with nothing new (every 100 ms, to see
+        // `stop`) does not scan the peers.
+        let mut table_changed = true;
+        let mut next_expiry: Option<SystemTime> = None;
         while !stop.load(Ordering::Relaxed) {
             let mut timeout = next_refresh
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
-            if let Some(expiry) = self.table().next_expiry() {
+            if let Some(expiry) = next_expiry {
                 let until = expiry
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
@@ -243,8 +248,14 @@ impl Pipeline {
             }
             let mut refresh_now = false;
             match receive.recv_timeout(timeout) {
-                Ok(DatapathMessage::Snapshot(snapshot)) => self.on_snapshot(snapshot),
-                Ok(DatapathMessage::Session(notice)) => refresh_now = self.on_notice(notice),
+                Ok(DatapathMessage::Snapshot(snapshot)) => {
+                    self.on_snapshot(snapshot);
+                    table_changed = true;
+                }
+                Ok(DatapathMessage::Session(notice)) => {
+                    refresh_now = self.on_notice(notice);
+                    table_changed = true;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -258,9 +269,19 @@ impl Pipeline {
                 }
                 self.refresh();
                 next_refresh = Instant::now() + self.config.refresh_interval;
+                table_changed = true;
             }
-            let changes = self.table_mut().tick(SystemTime::now());
-            self.emit(changes);
+            let now = SystemTime::now();
+            if table_changed || next_expiry.is_some_and(|expiry| now >= expiry) {
+                let (changes, expiry) = {
+                    let mut table = self.table_mut();
+                    let changes = table.tick(now);
+                    (changes, table.next_expiry())
+                };
+                next_expiry = expiry;
+                table_changed = false;
+                self.emit(changes);
+            }
         }
         self.save();
         self.datapath.detach_all();

@@ -79,8 +79,11 @@ pub struct Drain {
     capacity: u32,
     cpus: usize,
     batch_supported: bool,
+    /// Buffers of the batched lookup (keys, per-CPU values), kept across drains: a
+    /// fresh 4096-entry buffer per drain cost a page-faulting allocation each time.
+    batch_keys: Vec<EndpointKey>,
+    batch_values: Vec<u8>,
     sequence: u64,
-    /// Raw map values at the previous drain, per key.
     /// The raw per-endpoint values of the last drain and the drain that saw them.
     last_raw: FastMap<EndpointKey, (EndpointStats, u64)>,
     /// Totals of earlier incarnations of a key (evicted, re-created).
@@ -123,6 +126,8 @@ impl Drain {
             capacity,
             cpus,
             batch_supported: true,
+            batch_keys: Vec::new(),
+            batch_values: Vec::new(),
             sequence: 0,
             last_raw: FastMap::default(),
             carried: FastMap::default(),
@@ -159,12 +164,14 @@ impl Drain {
         Ok(entries)
     }
 
-    fn read_endpoints_batched(&self) -> std::io::Result<Vec<(EndpointKey, EndpointStats)>> {
+    fn read_endpoints_batched(&mut self) -> std::io::Result<Vec<(EndpointKey, EndpointStats)>> {
         let fd = self.endpoints.map().fd().as_fd().as_raw_fd();
         let value_stride = std::mem::size_of::<EndpointStats>().next_multiple_of(8);
-        let mut keys = vec![EndpointKey::default(); BATCH_ENTRIES as usize];
-        let mut values = vec![0u8; BATCH_ENTRIES as usize * self.cpus * value_stride];
-        let mut out = Vec::new();
+        let keys = &mut self.batch_keys;
+        keys.resize(BATCH_ENTRIES as usize, EndpointKey::default());
+        let values = &mut self.batch_values;
+        values.resize(BATCH_ENTRIES as usize * self.cpus * value_stride, 0);
+        let mut out = Vec::with_capacity(self.last_raw.len());
         let mut in_batch = 0u64;
         let mut out_batch = 0u64;
         let mut first = true;

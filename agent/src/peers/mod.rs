@@ -703,6 +703,10 @@ impl PeerTable {
     pub fn tick(&mut self, now: SystemTime) -> Vec<Change> {
         let mut changes = Vec::new();
         for peer in self.peers.values_mut() {
+            // Most peers do not change: only those that do need their device's key.
+            if peer.connected == fresh(peer, now, self.disconnect_after) {
+                continue;
+            }
             let device_public_key = self
                 .devices
                 .get(&peer.key.device)
@@ -779,6 +783,15 @@ impl PeerTable {
     }
 }
 
+/// Whether the peer's last handshake is younger than `disconnect_after` at `now`.
+fn fresh(peer: &PeerState, now: SystemTime, disconnect_after: Duration) -> bool {
+    peer.last_handshake.is_some_and(|handshake| {
+        // A handshake "in the future" (clock stepped back) counts as fresh.
+        now.duration_since(handshake)
+            .map_or(true, |age| age < disconnect_after)
+    })
+}
+
 /// The connection rule for one peer (see the module documentation).
 fn evaluate(
     peer: &mut PeerState,
@@ -786,12 +799,7 @@ fn evaluate(
     disconnect_after: Duration,
     device_public_key: Option<PublicKey>,
 ) -> Option<Change> {
-    let fresh = peer.last_handshake.is_some_and(|handshake| {
-        // A handshake "in the future" (clock stepped back) counts as fresh.
-        now.duration_since(handshake)
-            .map_or(true, |age| age < disconnect_after)
-    });
-    match (peer.connected, fresh) {
+    match (peer.connected, fresh(peer, now, disconnect_after)) {
         (false, true) => {
             peer.connected = true;
             peer.connected_since = peer.last_handshake;
