@@ -515,6 +515,8 @@ fn boot(kernel: &Kernel, tests: &[u8]) -> anyhow::Result<Boot> {
         println!("  [{}] {}", kernel.label, line.trim_end_matches('\r'));
     }
     let status = child.wait()?;
+    // `timeout --signal=KILL` exits 137 when it had to kill QEMU.
+    let killed_at_timeout = status.code() == Some(137);
     let verdict = std::fs::read_to_string(&result).unwrap_or_default();
     let code = verdict
         .lines()
@@ -525,13 +527,21 @@ fn boot(kernel: &Kernel, tests: &[u8]) -> anyhow::Result<Boot> {
         match code {
             Some(0) => "tests passed".to_owned(),
             Some(code) => format!("tests FAILED (exit {code})"),
-            None => format!("NO RESULT (qemu {status}; hung or crashed guest)"),
+            None if killed_at_timeout => format!(
+                "NO RESULT: the guest hung and was killed at the {} s timeout",
+                GUEST_TIMEOUT.as_secs()
+            ),
+            None => format!("NO RESULT (qemu {status}; the guest crashed or powered off early)"),
         },
         started.elapsed().as_secs_f64()
     );
     match code {
         Some(code) => Ok(Boot::Result(code)),
-        None if !init_started => Ok(Boot::CrashedBeforeInit),
+        None if !init_started && !killed_at_timeout => Ok(Boot::CrashedBeforeInit),
+        None if killed_at_timeout => bail!(
+            "the guest hung: killed after {} s without a result",
+            GUEST_TIMEOUT.as_secs()
+        ),
         None => bail!("the guest reported no result"),
     }
 }
