@@ -231,9 +231,10 @@ impl Pipeline {
     ) {
         self.refresh();
         let mut next_refresh = Instant::now() + self.config.refresh_interval;
-        // The connection rule runs after anything changed the table and when the
-        // earliest handshake expires; a wake-up with nothing new (every 100 ms, to see
-        // `stop`) does not scan the peers.
+        // The connection rule runs after a handshake time may have moved (a session
+        // notice, a device read) and when the earliest handshake expires; a drain or a
+        // wake-up with nothing new (every 100 ms, to see `stop`) does not scan the
+        // peers.
         let mut table_changed = true;
         let mut next_expiry: Option<SystemTime> = None;
         while !stop.load(Ordering::Relaxed) {
@@ -248,10 +249,9 @@ impl Pipeline {
             }
             let mut refresh_now = false;
             match receive.recv_timeout(timeout) {
-                Ok(DatapathMessage::Snapshot(snapshot)) => {
-                    self.on_snapshot(snapshot);
-                    table_changed = true;
-                }
+                // Counters only: a drain moves no handshake time, so the connection
+                // rule has nothing new to decide (its expiries are timed below).
+                Ok(DatapathMessage::Snapshot(snapshot)) => self.on_snapshot(snapshot),
                 Ok(DatapathMessage::Session(notice)) => {
                     refresh_now = self.on_notice(notice);
                     table_changed = true;

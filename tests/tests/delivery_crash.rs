@@ -61,9 +61,11 @@ fn sigkill_and_restart_lose_nothing_and_keep_per_peer_order() {
         agent.count("WireGuard devices") > 0
     });
     let keys: Vec<WgKeys> = (0..PEERS).map(|_| WgKeys::generate()).collect();
+    // Allowed IPs outside 10.1-250.x (the pair's own tunnel subnets, `unique_octet`):
+    // an overlap would move the pair's allowed IP away from peer A, an update of A.
     for (i, key) in keys.iter().enumerate() {
         pair.wg_b
-            .set_peer(&key.public, None, &format!("10.250.{i}.1/32"));
+            .set_peer(&key.public, None, &format!("10.252.{i}.1/32"));
     }
     wait_for("the create events", Duration::from_secs(20), || {
         agent.count("event=peer.create") == PEERS
@@ -72,7 +74,7 @@ fn sigkill_and_restart_lose_nothing_and_keep_per_peer_order() {
         pair.wg_b.set_peer(
             &key.public,
             None,
-            &format!("10.250.{i}.1/32,10.251.{i}.0/24"),
+            &format!("10.252.{i}.1/32,10.253.{i}.0/24"),
         );
     }
     wait_for("the update events", Duration::from_secs(20), || {
