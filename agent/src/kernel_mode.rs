@@ -55,9 +55,9 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
-/// Attaches the peer probe; `Err` says why kernel mode is not available here.
+/// Attaches the peer probe (once [`available`] said yes); `Err` says why kernel mode
+/// cannot run after all (offsets not in the BTF, kprobes refused).
 pub fn attach(ebpf: &mut Ebpf) -> Result<String, String> {
-    available()?;
     let offsets = offsets::Btf::from_split_files(
         Path::new(offsets::WIREGUARD_BTF),
         Path::new(offsets::VMLINUX_BTF),

@@ -192,6 +192,7 @@ impl Datapath {
                 source: Box::new(e),
             })?;
         }
+        let kernel_mode = kernel_mode_possible.and_then(|()| crate::kernel_mode::attach(&mut ebpf));
         let ports =
             Array::try_from(take_map(&mut ebpf, MAP_PORTS)?).map_err(|e| LoaderError::Map {
                 op: "opening",
@@ -204,7 +205,7 @@ impl Datapath {
             port_devices: HashMap::new(),
             attachments: Vec::new(),
             drop_counter: None,
-            kernel_mode: Err("not attached".into()),
+            kernel_mode,
             logger,
         };
         if options.attach_drop_counter {
@@ -215,10 +216,6 @@ impl Datapath {
                 ),
             }
         }
-        datapath.kernel_mode = match kernel_mode_possible {
-            Ok(()) => crate::kernel_mode::attach(&mut datapath.ebpf),
-            Err(why) => Err(why),
-        };
         Ok(datapath)
     }
 

@@ -282,13 +282,13 @@ fn encode_kernel_mode(peers: &[&crate::peers::PeerState], labels: &[String], out
             "wgpulse_peer_rejected_receive_bytes",
             "Received bytes on the wire that WireGuard did not accept (invalid, replayed, unauthenticated, cookie replies, socket drops) since the first quiet drain of this run.",
             "gauge",
-            |k| k.difference_rx_bytes,
+            |k| k.rejected_rx_bytes,
         ),
         (
             "wgpulse_peer_unaccounted_transmit_bytes",
             "Sent bytes on the wire that WireGuard's counter does not hold (cookie replies) since the first quiet drain of this run.",
             "gauge",
-            |k| k.difference_tx_bytes,
+            |k| k.unaccounted_tx_bytes,
         ),
     ];
     for (name, help, kind, value) in families {

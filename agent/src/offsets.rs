@@ -244,17 +244,12 @@ impl Btf {
             .get(&(KIND_STRUCT, name.to_owned()))
             .ok_or_else(|| OffsetsError::Missing(format!("struct {name}")))?;
         self.find_member(*id, member, 0)
-            .map(|bits| bits / 8)
+            .map(|(bits, _)| bits / 8)
             .ok_or_else(|| OffsetsError::Missing(format!("{name}.{member}")))
     }
 
-    fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
-        self.find_typed_member(id, member, depth)
-            .map(|(bits, _)| bits)
-    }
-
     /// Bit offset and type id of `member` in the struct or union `id`.
-    fn find_typed_member(&self, id: u32, member: &str, depth: u32) -> Option<(u32, u32)> {
+    fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<(u32, u32)> {
         let ty = self.get(id)?;
         if depth > 8 {
             return None;
@@ -267,8 +262,7 @@ impl Btf {
         for m in ty.members.iter().filter(|m| m.name.is_empty()) {
             let inner = self.get(m.type_id)?;
             if inner.kind == KIND_STRUCT || inner.kind == KIND_UNION {
-                if let Some((bits, type_id)) = self.find_typed_member(m.type_id, member, depth + 1)
-                {
+                if let Some((bits, type_id)) = self.find_member(m.type_id, member, depth + 1) {
                     return Some((m.bit_offset + bits, type_id));
                 }
             }
@@ -298,7 +292,7 @@ impl Btf {
         let mut bits = 0;
         for member in path {
             let (offset, type_id) = self
-                .find_typed_member(id, member, 0)
+                .find_member(id, member, 0)
                 .ok_or_else(|| OffsetsError::Missing(dotted()))?;
             bits += offset;
             id = self.strip(type_id);

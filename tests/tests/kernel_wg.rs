@@ -9,10 +9,9 @@
 //! remove events.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-use std::net::SocketAddr;
 
 use wgpulse::agent::{self, Observation};
 use wgpulse::config::Config;
@@ -406,7 +405,7 @@ fn kernel_mode_counts_equal_wg_show_per_peer_and_the_difference_is_what_wireguar
             kernel_view(&agent, &device, &peer_c),
         );
         [views.0, views.1].iter().all(|v| {
-            v.is_some_and(|k| (k.difference_rx_bytes, k.difference_tx_bytes) == (Some(0), Some(0)))
+            v.is_some_and(|k| (k.rejected_rx_bytes, k.unaccounted_tx_bytes) == (Some(0), Some(0)))
         })
     });
     assert!(
@@ -431,7 +430,7 @@ fn kernel_mode_counts_equal_wg_show_per_peer_and_the_difference_is_what_wireguar
     let settled = wait_until(Duration::from_secs(30), || {
         agent.await_drain();
         last = kernel_view(&agent, &device, &peer_a);
-        last.is_some_and(|k| k.difference_rx_bytes == Some(injected))
+        last.is_some_and(|k| k.rejected_rx_bytes == Some(injected))
     });
     assert!(
         settled,
@@ -439,9 +438,9 @@ fn kernel_mode_counts_equal_wg_show_per_peer_and_the_difference_is_what_wireguar
     );
     let a = last.unwrap();
     let c = kernel_view(&agent, &device, &peer_c).unwrap();
-    assert_eq!(a.difference_tx_bytes, Some(0), "{a:?}");
+    assert_eq!(a.unaccounted_tx_bytes, Some(0), "{a:?}");
     assert_eq!(
-        (c.difference_rx_bytes, c.difference_tx_bytes),
+        (c.rejected_rx_bytes, c.unaccounted_tx_bytes),
         (Some(0), Some(0)),
         "{c:?}"
     );

@@ -174,7 +174,7 @@ pub fn peer_metric(
         // drain).
         status["KernelBytesReceived"] = json!(kernel.rx_bytes);
         status["KernelBytesTransmitted"] = json!(kernel.tx_bytes);
-        status["RejectedBytesReceived"] = json!(kernel.difference_rx_bytes);
+        status["RejectedBytesReceived"] = json!(kernel.rejected_rx_bytes);
     }
     if let Some(reason) = reason {
         status["DisconnectReason"] = json!(reason);

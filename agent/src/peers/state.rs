@@ -246,10 +246,10 @@ pub struct KernelView {
     /// Received bytes the wire saw from the peer's endpoints (valid and invalid
     /// datagrams) that WireGuard did not accept: invalid or replayed messages, failed
     /// authentication, cookie replies, socket drops. Since the baseline.
-    pub difference_rx_bytes: Option<i64>,
+    pub rejected_rx_bytes: Option<i64>,
     /// Sent bytes on the wire that WireGuard's counter does not hold (cookie replies),
     /// since the baseline.
-    pub difference_tx_bytes: Option<i64>,
+    pub unaccounted_tx_bytes: Option<i64>,
     /// Kernel (rx, tx) and wire (rx, tx) bytes at the baseline.
     #[serde(skip)]
     baseline: Option<[u64; 4]>,
@@ -287,8 +287,8 @@ impl KernelView {
             rx_bytes: reading.rx_bytes,
             tx_bytes: reading.tx_bytes,
             last_handshake: reading.last_handshake,
-            difference_rx_bytes: difference(0, 2),
-            difference_tx_bytes: difference(1, 3),
+            rejected_rx_bytes: difference(0, 2),
+            unaccounted_tx_bytes: difference(1, 3),
             baseline,
             counters,
         }
@@ -412,14 +412,14 @@ mod tests {
     fn the_difference_waits_for_a_quiet_drain_then_counts_what_wireguard_rejected() {
         // First reading: a packet may be in flight between the two views.
         let first = KernelView::observe(None, &reading(7, 100, 50), &wire(164, 0, 50));
-        assert_eq!(first.difference_rx_bytes, None);
+        assert_eq!(first.rejected_rx_bytes, None);
         // Still moving: no baseline yet.
         let moving = KernelView::observe(Some(first), &reading(7, 164, 50), &wire(164, 0, 50));
-        assert_eq!(moving.difference_rx_bytes, None);
+        assert_eq!(moving.rejected_rx_bytes, None);
         // Quiet: both views unchanged since the drain before.
         let quiet = KernelView::observe(Some(moving), &reading(7, 164, 50), &wire(164, 0, 50));
         assert_eq!(
-            (quiet.difference_rx_bytes, quiet.difference_tx_bytes),
+            (quiet.rejected_rx_bytes, quiet.unaccounted_tx_bytes),
             (Some(0), Some(0))
         );
         // 64 bytes WireGuard dropped, 3 invalid bytes, 92 accepted, a 64-byte cookie
@@ -430,7 +430,7 @@ mod tests {
             &wire(164 + 64 + 92, 3, 50 + 64),
         );
         assert_eq!(
-            (later.difference_rx_bytes, later.difference_tx_bytes),
+            (later.rejected_rx_bytes, later.unaccounted_tx_bytes),
             (Some(67), Some(64))
         );
         assert_eq!((later.rx_bytes, later.tx_bytes), (256, 50));
@@ -440,9 +440,9 @@ mod tests {
     fn a_peer_added_again_starts_without_a_baseline() {
         let quiet = KernelView::observe(None, &reading(7, 10, 10), &wire(10, 0, 10));
         let quiet = KernelView::observe(Some(quiet), &reading(7, 10, 10), &wire(10, 0, 10));
-        assert_eq!(quiet.difference_rx_bytes, Some(0));
+        assert_eq!(quiet.rejected_rx_bytes, Some(0));
         let again = KernelView::observe(Some(quiet), &reading(8, 10, 10), &wire(10, 0, 10));
         assert_eq!(again.internal_id, 8);
-        assert_eq!(again.difference_rx_bytes, None);
+        assert_eq!(again.rejected_rx_bytes, None);
     }
 }

@@ -143,8 +143,8 @@ impl PeerView {
                 rx_bytes: k.rx_bytes,
                 tx_bytes: k.tx_bytes,
                 last_handshake: rfc3339(k.last_handshake),
-                rejected_rx_bytes: k.difference_rx_bytes,
-                unaccounted_tx_bytes: k.difference_tx_bytes,
+                rejected_rx_bytes: k.rejected_rx_bytes,
+                unaccounted_tx_bytes: k.unaccounted_tx_bytes,
             }),
         }
     }
