@@ -96,7 +96,7 @@ fn call(
             url: url.clone(),
             message,
         };
-        let client = crate::sink::client::build(&[]).map_err(|e| unreachable(e.to_string()))?;
+        let client = crate::sink::client::build(None).map_err(|e| unreachable(e.to_string()))?;
         let mut request = hyper::Request::builder().method(method).uri(&url);
         if let Some(token) = &target.token {
             request = request.header("authorization", format!("Bearer {}", token.as_str()));

@@ -21,11 +21,13 @@ pub mod metrics;
 pub mod offsets;
 pub mod outbox;
 pub mod peers;
+pub mod secrets;
 pub mod server;
 pub mod sink;
 pub mod snapshot;
 pub mod status;
 pub mod testing;
+pub mod throttle;
 pub mod wg;
 
 #[cfg(test)]

@@ -57,6 +57,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "wgpulse starting");
+    // Tokens are read (and weak ones refused) before anything touches the kernel.
+    let token = |what, path: &Option<std::path::PathBuf>| {
+        path.as_deref()
+            .map(|p| wgpulse::server::auth::Token::from_file(what, p))
+            .transpose()
+    };
+    let api_token = token("api.token_file", &config.api.token_file)?;
+    let metrics_token = token("metrics.token_file", &config.metrics.token_file)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -90,20 +98,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             agent.shared(),
         )))
         .context("registering the peer metrics")?;
-    let token = |what, path: &Option<std::path::PathBuf>| {
-        path.as_deref()
-            .map(|p| wgpulse::server::auth::Token::from_file(what, p))
-            .transpose()
-    };
     let state = wgpulse::server::ApiState {
         shared: agent.shared(),
         registry,
         delivery: (!config.webhooks.is_empty()).then(|| delivery.clone()),
-        api_token: token("api.token_file", &config.api.token_file)?,
-        metrics_token: token("metrics.token_file", &config.metrics.token_file)?,
+        api_token,
+        metrics_token,
     };
     let server = runtime
-        .block_on(wgpulse::server::start(&config, state))
+        .block_on(wgpulse::server::start(&config.metrics, state))
         .context("starting the HTTP listener")?;
     runtime.block_on(async {
         let mut terminate =

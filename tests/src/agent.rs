@@ -162,9 +162,17 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `target/debug/wgpulse run --config <config>` in `ns`.
     pub fn start(ns: &NetNs, config: &Path) -> Self {
+        Self::start_with(ns, &[], config)
+    }
+
+    /// Starts `<prefix...> target/debug/wgpulse run --config <config>` in `ns`, e.g.
+    /// with `prlimit --nofile=128 --` as the prefix.
+    pub fn start_with(ns: &NetNs, prefix: &[&str], config: &Path) -> Self {
         let binary = binary();
+        let mut command: Vec<&str> = prefix.to_vec();
+        command.extend([binary.as_str(), "run", "--config", config.to_str().unwrap()]);
         let mut child = ns
-            .command(&[&binary, "run", "--config", config.to_str().unwrap()])
+            .command(&command)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -194,6 +202,36 @@ impl AgentProcess {
             .iter()
             .filter(|l| l.contains(needle))
             .count()
+    }
+
+    /// Every log line so far, joined.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle`; panics naming it after `timeout`.
+    pub fn await_line(&self, needle: &str, timeout: Duration) {
+        crate::process::wait_for(&format!("a log line with {needle:?}"), timeout, || {
+            self.count(needle) > 0
+        });
+    }
+
+    /// CPU time (user + system) the process used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the agent is running");
+        // Fields after the command name (which is in parentheses): utime is the
+        // 14th and stime the 15th field of the whole line.
+        let rest = stat.rsplit_once(')').unwrap().1;
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Duration::from_secs_f64((fields[0] + fields[1]) as f64 / ticks)
     }
 
     /// SIGKILL, and reap it.

@@ -81,8 +81,11 @@ fn manifests_validate_against_kubernetes_1_37_and_kustomize_lists_them() {
     let kustomization =
         std::fs::read_to_string(deploy().join("kubernetes/kustomization.yaml")).unwrap();
     let listed: BTreeSet<String> = kustomization
+        .split("resources:\n")
+        .nth(1)
+        .unwrap()
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map_while(|l| l.strip_prefix("  - "))
         .map(str::to_owned)
         .collect();
     let present: BTreeSet<String> = manifests()
@@ -297,4 +300,76 @@ fn the_dashboard_uses_only_metrics_the_agent_exports() {
         std::fs::read_to_string(deploy().join("grafana/provisioning/dashboards/wgpulse.yaml"))
             .unwrap();
     assert!(provisioning.contains("type: file"));
+}
+
+/// Runs `kubectl kustomize` on a directory (kubectl is on these machines; setup
+/// installs Debian's kubernetes-client where it is not).
+fn kustomize(dir: &Path) -> std::process::Output {
+    tool("kubectl", &["kustomize", dir.to_str().unwrap()])
+}
+
+#[test]
+fn no_secret_value_is_shipped_and_apply_fails_until_random_ones_are_made() {
+    // No committed manifest holds a Secret, and nothing that looks like a value.
+    for manifest in manifests() {
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert!(
+            !text.contains("kind: Secret") && !text.contains("stringData") && !text.contains("whsec_"),
+            "{} ships a secret",
+            manifest.display()
+        );
+    }
+    let ignored = std::fs::read_to_string(root().join(".gitignore")).unwrap();
+    assert!(ignored.lines().any(|l| l == "/deploy/kubernetes/secrets/"));
+
+    // A copy of the manifests: without the generated files kustomize refuses.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(deploy().join("kubernetes")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let out = kustomize(dir.path());
+    assert!(!out.status.success(), "apply -k must fail without secrets");
+    assert!(text(&out).contains("secrets/api-token"), "{}", text(&out));
+
+    // The one command makes random values the agent accepts, and never overwrites.
+    let out = tool("sh", &[dir.path().join("make-secrets.sh").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let secrets = dir.path().join("secrets");
+    let token = std::fs::read_to_string(secrets.join("api-token")).unwrap();
+    assert_eq!(token.trim().len(), 64, "32 random bytes, hex");
+    wgpulse::server::auth::Token::from_file("api.token_file", &secrets.join("api-token"))
+        .expect("the agent accepts the generated token");
+    let signing = std::fs::read_to_string(secrets.join("portal-signing-secret")).unwrap();
+    wgpulse::sink::sign::Signer::new(&[signing.trim().to_owned()])
+        .expect("the agent accepts the generated signing secret");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(secrets.join("api-token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "secret files are private: {mode:o}");
+    let out = tool("sh", &[dir.path().join("make-secrets.sh").to_str().unwrap()]);
+    assert!(text(&out).contains("kept"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(secrets.join("api-token")).unwrap(), token);
+    let second = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("make-secrets.sh"), second.path().join("make-secrets.sh")).unwrap();
+    tool("sh", &[second.path().join("make-secrets.sh").to_str().unwrap()]);
+    assert_ne!(
+        std::fs::read_to_string(second.path().join("secrets/api-token")).unwrap(),
+        token,
+        "every run makes new values"
+    );
+
+    // Now kustomize renders the Secret, and the DaemonSet mounts that one.
+    let out = kustomize(dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let rendered = String::from_utf8_lossy(&out.stdout).into_owned();
+    let name = rendered
+        .split("kind: Secret\nmetadata:\n  name: ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .expect("a Secret in the output")
+        .to_owned();
+    assert!(name.starts_with("wgpulse-secrets"), "{name}");
+    assert!(rendered.contains(&format!("secretName: {name}")), "{rendered}");
 }

@@ -202,8 +202,8 @@ fn every_route_with_and_without_its_token_and_the_cli() {
     receiver.script([Reply::Status(400)]);
     let secrets = std::env::temp_dir().join(unique_name("wgpt"));
     std::fs::create_dir_all(&secrets).unwrap();
-    std::fs::write(secrets.join("api"), "api-token-123\n").unwrap();
-    std::fs::write(secrets.join("metrics"), "metrics-token-456\n").unwrap();
+    std::fs::write(secrets.join("api"), "api-token-0123456789abcdef\n").unwrap();
+    std::fs::write(secrets.join("metrics"), "metrics-token-0123456789abcdef\n").unwrap();
     let (config_path, state) = config(
         &pair,
         &format!(
@@ -220,7 +220,7 @@ fn every_route_with_and_without_its_token_and_the_cli() {
     });
     traffic::ping(&pair.a, pair.tunnel_addr_b(false), 1);
     let base = format!("http://{AGENT}");
-    let api = Some("api-token-123");
+    let api = Some("api-token-0123456789abcdef");
     let get =
         |path: &str, token: Option<&str>| http(&pair.b, "GET", &format!("{base}{path}"), token);
 
@@ -238,10 +238,10 @@ fn every_route_with_and_without_its_token_and_the_cli() {
     }
     assert_eq!(get("/metrics", None).0, 401);
     assert_eq!(get("/metrics", Some("wrong")).0, 401);
-    let (status, exposition) = get("/metrics", Some("metrics-token-456"));
+    let (status, exposition) = get("/metrics", Some("metrics-token-0123456789abcdef"));
     assert_eq!(status, 200);
     assert!(exposition.contains("wgpulse_build_info"));
-    assert!(!exposition.contains("api-token-123") && !exposition.contains("metrics-token-456"));
+    assert!(!exposition.contains("api-token-0123456789abcdef") && !exposition.contains("metrics-token-0123456789abcdef"));
     for route in [
         "/api/v1/peers",
         "/api/v1/devices",
@@ -252,7 +252,7 @@ fn every_route_with_and_without_its_token_and_the_cli() {
         assert_eq!(status, 401, "{route}: {body}");
         assert!(json(&body)["error"].is_string());
         assert_eq!(
-            get(route, Some("metrics-token-456")).0,
+            get(route, Some("metrics-token-0123456789abcdef")).0,
             401,
             "{route} with the other token"
         );

@@ -34,6 +34,7 @@ pub fn run() -> anyhow::Result<()> {
         bail!("cargo xtask setup installs packages and must run as root");
     }
     apt()?;
+    kubectl()?;
     rust_src()?;
     bpf_linker()?;
     python_tools()?;
@@ -74,6 +75,21 @@ fn apt() -> anyhow::Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(missing);
     cmd::run("apt-get", &args)
+}
+
+/// `kubectl kustomize` renders the Kubernetes manifests in the deploy test. These
+/// machines ship a kubectl; where none is, Debian's kubernetes-client brings one
+/// (its kustomize has secretGenerator, which is all the test needs).
+fn kubectl() -> anyhow::Result<()> {
+    if cmd::output("kubectl", &["version", "--client"]).is_some() {
+        println!("setup: kubectl already installed");
+        return Ok(());
+    }
+    std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
+    cmd::run(
+        "apt-get",
+        &["install", "-y", "-q", "--no-install-recommends", "kubernetes-client"],
+    )
 }
 
 fn rust_src() -> anyhow::Result<()> {

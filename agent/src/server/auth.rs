@@ -1,4 +1,5 @@
-//! Bearer tokens: read once from a file, compared in constant time (over SHA-256
+//! Bearer tokens: read once from a file, refused at start when weak (a placeholder,
+//! fewer than 16 bytes: [`crate::secrets`]), compared in constant time (over SHA-256
 //! digests, so not even the length leaks), never logged.
 
 use std::path::Path;
@@ -33,6 +34,8 @@ impl Token {
         if token.is_empty() {
             return Err(error("the file is empty".into()));
         }
+        crate::secrets::check_key(token.as_bytes())
+            .map_err(|weak| error(format!("the token {weak}")))?;
         Ok(Self::new(token))
     }
 
@@ -63,5 +66,21 @@ mod tests {
         assert!(!token.accepts(Some("Basic s3cret")));
         assert!(!token.accepts(None));
         assert!(!format!("{token:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn weak_token_files_stop_the_agent_naming_the_key_not_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        for weak in ["change-me-api-token\n", "short-token\n", "  \n"] {
+            std::fs::write(&path, weak).unwrap();
+            let err = Token::from_file("api.token_file", &path)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("api.token_file "), "{err}");
+            assert!(!err.contains(weak.trim()) || weak.trim().is_empty(), "{err}");
+        }
+        std::fs::write(&path, "9f2c1e7a4b0d3e6f8a1b2c3d4e5f6a7b\n").unwrap();
+        assert!(Token::from_file("api.token_file", &path).is_ok());
     }
 }

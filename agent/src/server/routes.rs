@@ -2,6 +2,7 @@
 //! `/api/v1/devices`, `/api/v1/webhooks[/{name}/deliveries|dead-letters|test|replay]`.
 //! Errors are JSON `{"error": "..."}`, never a stack trace.
 
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -14,7 +15,8 @@ use super::views::{DeviceView, PeerView};
 use super::ApiState;
 use crate::wg::PublicKey;
 
-type Reply = Response<Full<Bytes>>;
+/// A response of the listener.
+pub type Reply = Response<Full<Bytes>>;
 
 fn json_reply(status: StatusCode, value: serde_json::Value) -> Reply {
     Response::builder()
@@ -36,8 +38,44 @@ fn unauthorized() -> Reply {
     reply
 }
 
-/// Answers one request.
-pub async fn handle(state: &ApiState, request: Request<Incoming>) -> Reply {
+/// The API's answer to a client beyond loopback when no API token is configured.
+const API_NEEDS_TOKEN: &str = "the API answers clients beyond loopback only with a bearer token: set api.token_file";
+
+/// The path's segments, percent-decoded; an error for `.`/`..` or empty segments
+/// (one trailing slash is allowed).
+fn segments(path: &str) -> Result<Vec<String>, String> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        return Ok(Vec::new());
+    }
+    trimmed
+        .split('/')
+        .map(|raw| {
+            let segment = percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .map_err(|_| format!("path segment {raw:?} is not UTF-8 once decoded"))?;
+            match segment.as_ref() {
+                "" => Err(format!("path {path:?} has an empty segment")),
+                "." | ".." => Err(format!(
+                    "path {path:?} has a {segment:?} segment: not allowed"
+                )),
+                _ => Ok(segment.into_owned()),
+            }
+        })
+        .collect()
+}
+
+fn method_not_allowed(allowed: &'static str) -> Reply {
+    let mut reply = error(StatusCode::METHOD_NOT_ALLOWED, format!("use {allowed}"));
+    reply
+        .headers_mut()
+        .insert(hyper::header::ALLOW, allowed.parse().expect("valid"));
+    reply
+}
+
+/// Answers one request from `remote`.
+pub async fn handle(state: &ApiState, request: Request<Incoming>, remote: SocketAddr) -> Reply {
     let authorization = request
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -45,11 +83,22 @@ pub async fn handle(state: &ApiState, request: Request<Incoming>) -> Reply {
         .map(str::to_owned);
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let segments = match segments(&path) {
+        Ok(segments) => segments,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let get_only = |reply: &dyn Fn() -> Reply| {
+        if method == Method::GET {
+            reply()
+        } else {
+            method_not_allowed("GET")
+        }
+    };
     match segments.as_slice() {
         ["metrics"] => {
             if method != Method::GET {
-                return error(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+                return method_not_allowed("GET");
             }
             if let Some(token) = &state.metrics_token {
                 if !token.accepts(authorization.as_deref()) {
@@ -58,13 +107,19 @@ pub async fn handle(state: &ApiState, request: Request<Incoming>) -> Reply {
             }
             metrics(state)
         }
-        ["healthz"] => json_reply(StatusCode::OK, json!({"status": "ok"})),
-        ["readyz"] => ready(state),
+        ["healthz"] => get_only(&|| json_reply(StatusCode::OK, json!({"status": "ok"}))),
+        ["readyz"] => get_only(&|| ready(state)),
         ["api", "v1", rest @ ..] => {
-            if let Some(token) = &state.api_token {
-                if !token.accepts(authorization.as_deref()) {
-                    return unauthorized();
+            match &state.api_token {
+                Some(token) => {
+                    if !token.accepts(authorization.as_deref()) {
+                        return unauthorized();
+                    }
                 }
+                None if !remote.ip().to_canonical().is_loopback() => {
+                    return error(StatusCode::FORBIDDEN, API_NEEDS_TOKEN);
+                }
+                None => {}
             }
             api(state, &method, rest).await
         }
@@ -126,15 +181,15 @@ fn ready(state: &ApiState) -> Reply {
 
 async fn api(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
     let now = SystemTime::now();
-    match (method, rest) {
-        (&Method::GET, ["peers"]) => {
+    let get = method == Method::GET;
+    match rest {
+        ["peers"] if get => {
             let table = state.shared.table.read().expect("not poisoned");
             let peers: Vec<PeerView> = table.peers().map(|p| PeerView::new(p, now)).collect();
             json_reply(StatusCode::OK, json!({ "peers": peers }))
         }
-        (&Method::GET, ["peers", key]) => {
-            let decoded = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
-            let Ok(key) = decoded.parse::<PublicKey>() else {
+        ["peers", key] if get => {
+            let Ok(key) = key.parse::<PublicKey>() else {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "not a WireGuard public key (URL-encoded standard base64 expected)",
@@ -152,13 +207,17 @@ async fn api(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
                 _ => json_reply(StatusCode::OK, json!({ "peers": found })),
             }
         }
-        (&Method::GET, ["devices"]) => {
+        ["peers", _, _, ..] => error(
+            StatusCode::BAD_REQUEST,
+            "a public key in the path must be URL-encoded ('/' as %2F, '+' as %2B, '=' as %3D)",
+        ),
+        ["devices"] if get => {
             let table = state.shared.table.read().expect("not poisoned");
             let devices: Vec<DeviceView> = table.devices().map(DeviceView::new).collect();
             json_reply(StatusCode::OK, json!({ "devices": devices }))
         }
-        (_, ["webhooks", ..]) => webhooks(state, method, &rest[1..]).await,
-        (_, ["peers", ..] | ["devices"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        ["peers"] | ["peers", _] | ["devices"] => method_not_allowed("GET"),
+        ["webhooks", ..] => webhooks(state, method, &rest[1..]).await,
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no route /api/v1/{}", rest.join("/")),
@@ -169,7 +228,8 @@ async fn api(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
 async fn webhooks(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
     let Some(delivery) = &state.delivery else {
         return match rest {
-            [] => json_reply(StatusCode::OK, json!({ "webhooks": [] })),
+            [] if method == Method::GET => json_reply(StatusCode::OK, json!({ "webhooks": [] })),
+            [] => method_not_allowed("GET"),
             _ => error(StatusCode::NOT_FOUND, "no webhooks are configured"),
         };
     };
@@ -182,28 +242,39 @@ async fn webhooks(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
             Some(records) => json_reply(StatusCode::OK, json!({ "deliveries": records })),
             None => unknown(name),
         },
-        (&Method::GET, [name, "dead-letters"]) => match delivery.dead_letters(name) {
-            Ok(dead) => json_reply(
-                StatusCode::OK,
-                json!({ "dead_letters": dead.into_iter().map(|(id, reason)| json!({"id": id, "reason": reason})).collect::<Vec<_>>() }),
-            ),
-            Err(crate::sink::SinkError::UnknownWebhook(_)) => unknown(name),
-            Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-        },
+        (&Method::GET, [name, "dead-letters"]) => {
+            // The outbox is read with blocking I/O: off the async workers.
+            let (delivery, owned) = (delivery.clone(), (*name).to_owned());
+            match tokio::task::spawn_blocking(move || delivery.dead_letters(&owned)).await {
+                Ok(Ok(dead)) => json_reply(
+                    StatusCode::OK,
+                    json!({ "dead_letters": dead.into_iter().map(|(id, reason)| json!({"id": id, "reason": reason})).collect::<Vec<_>>() }),
+                ),
+                Ok(Err(crate::sink::SinkError::UnknownWebhook(_))) => unknown(name),
+                Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+                Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+            }
+        }
         (&Method::POST, [name, "test"]) => match delivery.test(name).await {
             Ok(outcome) => json_reply(StatusCode::OK, json!(outcome)),
             Err(crate::sink::SinkError::UnknownWebhook(_)) => unknown(name),
             Err(err) => error(StatusCode::BAD_GATEWAY, err.to_string()),
         },
-        (&Method::POST, [name, "replay"]) => match delivery.replay(name) {
-            Ok(count) => json_reply(StatusCode::OK, json!({ "replayed": count })),
-            Err(crate::sink::SinkError::UnknownWebhook(_)) => unknown(name),
-            Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-        },
-        (_, [_, "test" | "replay"]) => error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
-        (_, [] | [_, "deliveries" | "dead-letters"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        (&Method::POST, [name, "replay"]) => {
+            // Replaying commits (fsyncs) the outbox: off the async workers.
+            let (delivery, owned) = (delivery.clone(), (*name).to_owned());
+            match tokio::task::spawn_blocking(move || delivery.replay(&owned)).await {
+                Ok(Ok(count)) => json_reply(StatusCode::OK, json!({ "replayed": count })),
+                Ok(Err(crate::sink::SinkError::UnknownWebhook(_))) => unknown(name),
+                Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+                Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+            }
         }
-        _ => error(StatusCode::NOT_FOUND, "no such webhook route"),
+        (_, [_, "test" | "replay"]) => method_not_allowed("POST"),
+        (_, [] | [_, "deliveries" | "dead-letters"]) => method_not_allowed("GET"),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no route /api/v1/webhooks/{}", rest.join("/")),
+        ),
     }
 }

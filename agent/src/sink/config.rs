@@ -15,7 +15,8 @@ use serde::Deserialize;
 pub struct WebhookConfig {
     /// Unique name of the webhook (used in the API, the CLI and metrics).
     pub name: String,
-    /// Receiver URL (http or https).
+    /// Receiver URL (http or https). `user:password@` in it becomes an
+    /// `Authorization: Basic` header and is never sent in the URL or logged.
     pub url: String,
     /// Deliver at all; a paused (disabled) webhook keeps queueing (default true).
     #[serde(default = "yes")]
@@ -184,18 +185,73 @@ fn four() -> usize {
     4
 }
 
-/// The URL without user info or query (which may carry secrets), for logs and the API.
+/// The URL without user info, query or fragment (which may carry secrets), for logs
+/// and the API.
 pub fn redact_url(url: &str) -> String {
-    match url.parse::<hyper::Uri>() {
-        Ok(uri) => format!(
-            "{}://{}{}",
-            uri.scheme_str().unwrap_or("?"),
-            uri.host().unwrap_or("?").to_owned()
-                + &uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default(),
-            uri.path()
-        ),
+    match url::Url::parse(url) {
+        Ok(url) => {
+            let host = url.host_str().unwrap_or("?");
+            match url.port() {
+                Some(port) => format!("{}://{host}:{port}{}", url.scheme(), url.path()),
+                None => format!("{}://{host}{}", url.scheme(), url.path()),
+            }
+        }
         Err(_) => "<invalid url>".into(),
     }
+}
+
+/// Headers the agent frames or sets itself: refused in `[webhooks.headers]` (a
+/// `Content-Length` there made a receiver read 5 bytes of a 754-byte body).
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "authorization",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// Why a header name is not allowed in `[webhooks.headers]`, if it is not.
+pub fn reserved_header(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    if lower == "authorization" {
+        return Some("use the authorization, authorization_file or authorization_env key");
+    }
+    RESERVED_HEADERS
+        .contains(&lower.as_str())
+        .then_some("the agent frames and sets it itself")
+}
+
+/// A webhook URL checked with a URL parser: http or https, a host, a valid port, no
+/// fragment.
+pub fn parse_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text)
+        .map_err(|e| format!("{:?} is not a valid URL: {e}", redact_url(text)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "{:?} is not an http or https URL",
+            redact_url(text)
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{:?} has no host", redact_url(text)));
+    }
+    if url.fragment().is_some() {
+        return Err(format!(
+            "{:?} has a #fragment, which is never sent: remove it",
+            redact_url(text)
+        ));
+    }
+    Ok(url)
 }
 
 impl WebhookConfig {
@@ -203,13 +259,21 @@ impl WebhookConfig {
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         let mut problem = |key: &str, message: String| problems.push((key.to_owned(), message));
-        match self.url.parse::<hyper::Uri>() {
-            Ok(uri)
-                if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
-            _ => problem(
-                "url",
-                format!("{:?} is not an http or https URL", redact_url(&self.url)),
-            ),
+        match parse_url(&self.url) {
+            Ok(url) => {
+                let has_userinfo = !url.username().is_empty() || url.password().is_some();
+                if has_userinfo
+                    && (self.authorization.is_some()
+                        || self.authorization_file.is_some()
+                        || self.authorization_env.is_some())
+                {
+                    problem(
+                        "url",
+                        "carries user:password and an authorization key is set too: use one".into(),
+                    );
+                }
+            }
+            Err(message) => problem("url", message),
         }
         if self.name.is_empty()
             || !self
@@ -249,9 +313,24 @@ impl WebhookConfig {
                 "set only one of signing_secret, signing_secret_file, signing_secret_env".into(),
             );
         }
-        for name in self.headers.keys() {
+        for (name, value) in &self.headers {
             if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                problem("headers", format!("{name:?} is not a valid header name"));
+                problem(
+                    &format!("headers.{name}"),
+                    format!("{name:?} is not a valid header name"),
+                );
+            } else if let Some(why) = reserved_header(name) {
+                problem(
+                    &format!("headers.{name}"),
+                    format!("{name} is not allowed here: {why}"),
+                );
+            }
+            if hyper::header::HeaderValue::from_str(value).is_err() {
+                problem(
+                    &format!("headers.{name}"),
+                    "the value is not a valid header value (control characters such as CR or LF?)"
+                        .into(),
+                );
             }
         }
         if self.batch.max_events == 0 {

@@ -111,6 +111,8 @@ pub struct TestOutcome {
 
 struct Hook {
     target: Target,
+    /// The pooled client of this webhook's trust set.
+    client: client::HttpClient,
     events: Vec<String>,
     enabled: bool,
     retry: RetryConfig,
@@ -131,7 +133,6 @@ struct Inner {
     outbox: Outbox,
     max_bytes: u64,
     node: String,
-    client: client::HttpClient,
     hooks: Vec<Hook>,
     metrics: Metrics,
     stop: watch::Sender<bool>,
@@ -184,19 +185,15 @@ impl Delivery {
         registry: &prometheus::Registry,
     ) -> Result<Self, SinkError> {
         let outbox = Outbox::open(&config.state_dir)?;
-        let ca_files: Vec<&std::path::Path> = config
-            .webhooks
-            .iter()
-            .filter_map(|w| w.ca_file.as_deref())
-            .collect();
-        let client = {
-            // The connector's timer and executor need a runtime context.
-            let _entered = runtime.enter();
-            client::build(&ca_files)?
-        };
+        let mut clients = client::Clients::default();
         let mut hooks = Vec::new();
         for webhook in &config.webhooks {
             let target = Target::new(webhook)?;
+            let client = {
+                // The connector's timer and executor need a runtime context.
+                let _entered = runtime.enter();
+                clients.for_ca_file(webhook.ca_file.as_deref())?
+            };
             let mut state = HookState {
                 lanes: vec![VecDeque::new(); webhook.concurrency],
                 ..Default::default()
@@ -212,6 +209,7 @@ impl Delivery {
             }
             hooks.push(Hook {
                 target,
+                client,
                 events: webhook.events.clone(),
                 enabled: webhook.enabled,
                 retry: webhook.retry.clone(),
@@ -225,7 +223,6 @@ impl Delivery {
             outbox,
             max_bytes: config.outbox.max_bytes,
             node: config.node_id(),
-            client,
             hooks,
             metrics: Metrics::new(registry),
             stop,
@@ -511,7 +508,7 @@ impl Delivery {
             SystemTime::now(),
         );
         let started = Instant::now();
-        let (status, _, body) = send(&self.inner.client, hook.target.timeout, request)
+        let (status, _, body) = send(&hook.client, hook.target.timeout, request)
             .await
             .map_err(|message| SinkError::Request {
                 webhook: name.to_owned(),
@@ -746,7 +743,7 @@ async fn run_lane(inner: Arc<Inner>, h: usize, lane: usize) {
             .target
             .request(&id, kind.as_deref(), body, SystemTime::now());
         let started = Instant::now();
-        let result = send(&inner.client, hook.target.timeout, request).await;
+        let result = send(&hook.client, hook.target.timeout, request).await;
         let latency = started.elapsed();
         let (outcome, status, error) = match result {
             Ok((status, retry_after, _)) => (

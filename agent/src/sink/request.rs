@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use hyper::{Method, Request, Uri};
+use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use super::config::{redact_url, Format, WebhookConfig};
@@ -37,11 +38,10 @@ pub enum TargetError {
 }
 
 /// Everything needed to build a webhook's requests.
-#[derive(Debug)]
 pub struct Target {
     /// Webhook name.
     pub name: String,
-    /// Receiver.
+    /// Receiver, without the user info (which became the `Authorization` header).
     pub url: Uri,
     /// Body format.
     pub format: Format,
@@ -52,6 +52,43 @@ pub struct Target {
     headers: Vec<(HeaderName, HeaderValue)>,
     authorization: Option<HeaderValue>,
     signer: Option<Signer>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url.to_string()))
+            .field("format", &self.format)
+            .field("headers", &self.headers.len())
+            .field("authorization", &self.authorization.is_some())
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Authorization: Basic` from a URL's `user:password@` (percent-decoded, as RFC
+/// 3986 encodes them), and the URL without them; `None` when it has none.
+fn userinfo_authorization(url: &mut url::Url) -> Option<Zeroizing<String>> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let credentials = Zeroizing::new(format!(
+        "{}:{}",
+        decode(url.username()),
+        decode(url.password().unwrap_or(""))
+    ));
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Some(Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes())
+    )))
 }
 
 fn secret(
@@ -91,8 +128,10 @@ impl Target {
             webhook: config.name.clone(),
             message,
         };
-        let url: Uri = config
-            .url
+        let mut url = super::config::parse_url(&config.url).map_err(|m| invalid(format!("url: {m}")))?;
+        let from_url = userinfo_authorization(&mut url);
+        let url: Uri = url
+            .as_str()
             .parse()
             .map_err(|_| invalid(format!("url {:?} is not valid", redact_url(&config.url))))?;
         let authorization = secret(
@@ -102,7 +141,15 @@ impl Target {
             config.authorization_file.as_deref(),
             config.authorization_env.as_deref(),
         )?
+        .or(from_url)
         .map(|value| {
+            crate::secrets::check_value(value.as_bytes()).map_err(|weak| {
+                TargetError::Secret {
+                    webhook: config.name.clone(),
+                    what: "authorization",
+                    message: format!("the value {weak}"),
+                }
+            })?;
             let mut header = HeaderValue::from_str(&value)
                 .map_err(|_| invalid("authorization is not a valid header value".into()))?;
             header.set_sensitive(true);
@@ -128,7 +175,11 @@ impl Target {
         let signer = if secrets.is_empty() {
             None
         } else {
-            Some(Signer::new(&secrets).map_err(|e| invalid(e.to_string()))?)
+            Some(Signer::new(&secrets).map_err(|e| TargetError::Secret {
+                webhook: config.name.clone(),
+                what: "signing_secret",
+                message: e.to_string(),
+            })?)
         };
         let headers = config
             .headers
@@ -197,5 +248,70 @@ impl Target {
         builder
             .body(Full::new(body))
             .expect("every header was validated")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(toml_text: &str) -> WebhookConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn url_userinfo_becomes_basic_auth_and_leaves_the_url() {
+        let config = webhook("name = \"a\"\nurl = \"http://alice:s%3Acret@127.0.0.1:18090/hook?token=q1\"\n");
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        let target = Target::new(&config).unwrap();
+        assert_eq!(target.url.to_string(), "http://127.0.0.1:18090/hook?token=q1");
+        let request = target.request("id", None, Bytes::new(), SystemTime::now());
+        assert_eq!(
+            request.headers()[AUTHORIZATION],
+            // base64("alice:s:cret")
+            "Basic YWxpY2U6czpjcmV0"
+        );
+        assert!(request.headers()[AUTHORIZATION].is_sensitive());
+        let debug = format!("{target:?}");
+        assert!(!debug.contains("cret") && !debug.contains("q1") && !debug.contains("alice"), "{debug}");
+    }
+
+    #[test]
+    fn userinfo_and_an_authorization_key_together_are_a_config_error() {
+        let config = webhook(
+            "name = \"a\"\nurl = \"http://alice:secret@h/x\"\nauthorization = \"Bearer 0123456789abcdef\"\n",
+        );
+        let problems = config.problems();
+        assert!(problems.iter().any(|(k, m)| k == "url" && m.contains("use one")), "{problems:?}");
+        assert!(!format!("{problems:?}").contains("secret"));
+    }
+
+    #[test]
+    fn invalid_ports_framing_headers_and_crlf_values_are_config_errors() {
+        let config = webhook("name = \"a\"\nurl = \"http://127.0.0.1:99999/x\"\n");
+        let problems = config.problems();
+        assert!(problems.iter().any(|(k, m)| k == "url" && m.contains("port")), "{problems:?}");
+        for header in ["Host", "Content-Length", "transfer-encoding", "Connection", "Authorization"] {
+            let config = webhook(&format!(
+                "name = \"a\"\nurl = \"http://h/x\"\n[headers]\n{header} = \"5\"\n"
+            ));
+            let problems = config.problems();
+            assert!(
+                problems.iter().any(|(k, _)| k == &format!("headers.{header}")),
+                "{header}: {problems:?}"
+            );
+        }
+        let config = webhook("name = \"a\"\nurl = \"http://h/x\"\n[headers]\nX-Tenant = \"blue\\r\\nX-Evil: 1\"\n");
+        assert!(config.problems().iter().any(|(k, _)| k == "headers.X-Tenant"));
+        let config = webhook("name = \"a\"\nurl = \"http://h/x#frag\"\n");
+        assert!(config.problems().iter().any(|(k, _)| k == "url"));
+    }
+
+    #[test]
+    fn a_placeholder_authorization_stops_the_webhook() {
+        let config = webhook("name = \"a\"\nurl = \"http://h/x\"\nauthorization = \"Bearer change-me\"\n");
+        let err = Target::new(&config).unwrap_err().to_string();
+        assert!(err.contains("placeholder") && err.contains("authorization"), "{err}");
+        assert!(!err.contains("Bearer"), "{err}");
     }
 }

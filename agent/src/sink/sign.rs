@@ -10,10 +10,16 @@ use zeroize::Zeroizing;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A secret could not be decoded.
+/// A secret that cannot be used (never contains the secret).
 #[derive(Debug, thiserror::Error)]
-#[error("a signing secret starting with whsec_ is not valid base64 after the prefix")]
-pub struct SecretError;
+pub enum SecretError {
+    /// `whsec_` followed by something that is not base64.
+    #[error("a signing secret starting with whsec_ is not valid base64 after the prefix")]
+    NotBase64,
+    /// A placeholder or too short a key.
+    #[error("a signing secret {0}")]
+    Weak(#[from] crate::secrets::WeakSecret),
+}
 
 /// The signing keys of one webhook (never printed).
 #[derive(Clone)]
@@ -38,18 +44,24 @@ pub struct Signatures {
 
 impl Signer {
     /// Keys from secrets: `whsec_<base64>` decodes to its bytes, anything else is
-    /// used as is.
+    /// used as is. A key shorter than 16 bytes or a placeholder (also inside the
+    /// base64) is refused.
     pub fn new(secrets: &[String]) -> Result<Self, SecretError> {
         let keys = secrets
             .iter()
-            .map(|secret| match secret.strip_prefix("whsec_") {
-                Some(encoded) => base64::engine::general_purpose::STANDARD
-                    .decode(encoded)
-                    .map(Zeroizing::new)
-                    .map_err(|_| SecretError),
-                None => Ok(Zeroizing::new(secret.as_bytes().to_vec())),
+            .map(|secret| {
+                let key = match secret.strip_prefix("whsec_") {
+                    Some(encoded) => base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .map(Zeroizing::new)
+                        .map_err(|_| SecretError::NotBase64)?,
+                    None => Zeroizing::new(secret.as_bytes().to_vec()),
+                };
+                crate::secrets::check_value(secret.as_bytes())?;
+                crate::secrets::check_key(&key)?;
+                Ok(key)
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, SecretError>>()?;
         Ok(Self { keys })
     }
 
@@ -100,11 +112,25 @@ mod tests {
 
     #[test]
     fn rotation_gives_one_signature_per_secret() {
-        let signer = Signer::new(&["old".into(), "new".into()]).unwrap();
+        let signer = Signer::new(&["old-secret-0123456789".into(), "new-secret-0123456789".into()]).unwrap();
         let signatures = signer.sign("id", 1, b"{}");
         assert_eq!(signatures.standard.split(' ').count(), 2);
         assert_eq!(signatures.body.split(' ').count(), 2);
         assert!(signatures.body.starts_with("sha256="));
         assert!(Signer::new(&["whsec_!!!".into()]).is_err());
+    }
+
+    #[test]
+    fn placeholder_and_short_keys_are_refused_also_inside_base64() {
+        // The secret deploy/kubernetes once shipped: "change-me-change-me-change-me".
+        let shipped = "whsec_Y2hhbmdlLW1lLWNoYW5nZS1tZS1jaGFuZ2UtbWU=";
+        assert!(matches!(
+            Signer::new(&[shipped.into()]),
+            Err(SecretError::Weak(crate::secrets::WeakSecret::Placeholder(_)))
+        ));
+        assert!(matches!(
+            Signer::new(&["short".into()]),
+            Err(SecretError::Weak(crate::secrets::WeakSecret::TooShort(5)))
+        ));
     }
 }
