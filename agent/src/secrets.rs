@@ -92,7 +92,10 @@ mod tests {
             "xxxxxxxxxxxxxxxxxxxx",
         ] {
             assert!(
-                matches!(check_value(value.as_bytes()), Err(WeakSecret::Placeholder(_))),
+                matches!(
+                    check_value(value.as_bytes()),
+                    Err(WeakSecret::Placeholder(_))
+                ),
                 "{value}"
             );
         }

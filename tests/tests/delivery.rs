@@ -239,55 +239,56 @@ fn batches_are_json_arrays_and_keep_their_id_across_retries() {
 }
 
 #[test]
-fn https_works_with_the_test_ca_and_is_refused_without_it() {
-    let (tls, ca_pem) = tls_config();
-    let receiver = Receiver::start_tls(tls);
+fn each_webhook_trusts_only_its_own_private_ca() {
+    let (tls_a, ca_a) = tls_config();
+    let (tls_b, ca_b) = tls_config();
+    let receiver_a = Receiver::start_tls(tls_a);
+    let receiver_b = Receiver::start_tls(tls_b);
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
+    let (file_a, file_b) = (dir.path().join("a.pem"), dir.path().join("b.pem"));
+    std::fs::write(&file_a, ca_a).unwrap();
+    std::fs::write(&file_b, ca_b).unwrap();
+    let hook = |name: &str, url: String, ca: Option<&Path>| {
+        let mut text = format!("[[webhooks]]\nname = \"{name}\"\nurl = \"{url}\"\n");
+        if let Some(ca) = ca {
+            text += &format!("ca_file = {:?}\n", ca.display().to_string());
+        }
+        text
+    };
     let harness = Harness::start(
-        &format!(
-            "[[webhooks]]\nname = \"private\"\nurl = \"{url}\"\nca_file = {ca:?}\n[[webhooks]]\nname = \"untrusting\"\nurl = \"{url}\"\nevents = [\"peer.*\"]\n",
-            url = receiver.url(),
-            ca = ca_file.display().to_string()
-        ),
+        &[
+            hook("a", receiver_a.url(), Some(&file_a)),
+            hook("b", receiver_b.url(), Some(&file_b)),
+            // CA A's webhook pointed at B's receiver, and one with no private CA.
+            hook("a-at-b", receiver_b.url(), Some(&file_a)),
+            hook("none-at-a", receiver_a.url(), None),
+            hook("a-again", receiver_a.url(), Some(&file_a)),
+        ]
+        .concat(),
         "",
         None,
     );
-    let outcome = harness
-        .runtime
-        .block_on(harness.delivery.test("private"))
-        .unwrap();
-    assert_eq!(outcome.status, 200);
-    let request = &receiver.requests()[0];
+    let test = |name: &str| harness.runtime.block_on(harness.delivery.test(name));
+    for name in ["a", "b", "a-again"] {
+        assert_eq!(test(name).unwrap().status, 200, "{name}");
+    }
+    let (seen_a, seen_b) = (receiver_a.requests().len(), receiver_b.requests().len());
+    assert_eq!((seen_a, seen_b), (2, 1));
+    for name in ["a-at-b", "none-at-a"] {
+        let err = test(name).unwrap_err().to_string();
+        assert!(
+            err.contains("certificate") || err.contains("UnknownIssuer"),
+            "{name}: {err}"
+        );
+    }
+    assert_eq!(
+        (receiver_a.requests().len(), receiver_b.requests().len()),
+        (seen_a, seen_b),
+        "nothing was sent to a receiver its webhook does not trust"
+    );
+    let request = &receiver_a.requests()[0];
     assert_eq!(request.header("x-wgpulse-event"), Some("test.test"));
     assert_eq!(request.json()["entity"], "test");
-
-    // The CA is trusted for every webhook of this agent (one pooled client with the
-    // system roots and the configured extra roots), so a second agent without it:
-    let receiver_count = receiver.requests().len();
-    let without = Harness::start(
-        &format!(
-            "[[webhooks]]\nname = \"untrusting\"\nurl = \"{}\"\n",
-            receiver.url()
-        ),
-        "",
-        None,
-    );
-    let err = without
-        .runtime
-        .block_on(without.delivery.test("untrusting"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("certificate") || err.contains("UnknownIssuer"),
-        "{err}"
-    );
-    assert_eq!(
-        receiver.requests().len(),
-        receiver_count,
-        "nothing was sent without trust"
-    );
 }
 
 #[test]

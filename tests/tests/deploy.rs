@@ -314,7 +314,9 @@ fn no_secret_value_is_shipped_and_apply_fails_until_random_ones_are_made() {
     for manifest in manifests() {
         let text = std::fs::read_to_string(&manifest).unwrap();
         assert!(
-            !text.contains("kind: Secret") && !text.contains("stringData") && !text.contains("whsec_"),
+            !text.contains("kind: Secret")
+                && !text.contains("stringData")
+                && !text.contains("whsec_"),
             "{} ships a secret",
             manifest.display()
         );
@@ -335,7 +337,10 @@ fn no_secret_value_is_shipped_and_apply_fails_until_random_ones_are_made() {
     assert!(text(&out).contains("secrets/api-token"), "{}", text(&out));
 
     // The one command makes random values the agent accepts, and never overwrites.
-    let out = tool("sh", &[dir.path().join("make-secrets.sh").to_str().unwrap()]);
+    let out = tool(
+        "sh",
+        &[dir.path().join("make-secrets.sh").to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let secrets = dir.path().join("secrets");
     let token = std::fs::read_to_string(secrets.join("api-token")).unwrap();
@@ -346,14 +351,30 @@ fn no_secret_value_is_shipped_and_apply_fails_until_random_ones_are_made() {
     wgpulse::sink::sign::Signer::new(&[signing.trim().to_owned()])
         .expect("the agent accepts the generated signing secret");
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(secrets.join("api-token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(secrets.join("api-token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "secret files are private: {mode:o}");
-    let out = tool("sh", &[dir.path().join("make-secrets.sh").to_str().unwrap()]);
+    let out = tool(
+        "sh",
+        &[dir.path().join("make-secrets.sh").to_str().unwrap()],
+    );
     assert!(text(&out).contains("kept"), "{}", text(&out));
-    assert_eq!(std::fs::read_to_string(secrets.join("api-token")).unwrap(), token);
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("api-token")).unwrap(),
+        token
+    );
     let second = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.path().join("make-secrets.sh"), second.path().join("make-secrets.sh")).unwrap();
-    tool("sh", &[second.path().join("make-secrets.sh").to_str().unwrap()]);
+    std::fs::copy(
+        dir.path().join("make-secrets.sh"),
+        second.path().join("make-secrets.sh"),
+    )
+    .unwrap();
+    tool(
+        "sh",
+        &[second.path().join("make-secrets.sh").to_str().unwrap()],
+    );
     assert_ne!(
         std::fs::read_to_string(second.path().join("secrets/api-token")).unwrap(),
         token,
@@ -371,5 +392,8 @@ fn no_secret_value_is_shipped_and_apply_fails_until_random_ones_are_made() {
         .expect("a Secret in the output")
         .to_owned();
     assert!(name.starts_with("wgpulse-secrets"), "{name}");
-    assert!(rendered.contains(&format!("secretName: {name}")), "{rendered}");
+    assert!(
+        rendered.contains(&format!("secretName: {name}")),
+        "{rendered}"
+    );
 }

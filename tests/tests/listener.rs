@@ -71,7 +71,8 @@ fn out_of_file_descriptors_the_log_and_cpu_stay_bounded_and_metrics_comes_back()
     let dir = AgentDir::new(&format!(
         "drain_interval = \"1s\"\n[metrics]\nlisten = \"{addr}\"\nmax_connections = 4096\n"
     ));
-    let agent = AgentProcess::start_with(&ns, &["prlimit", "--nofile=128:128", "--"], &dir.config());
+    let agent =
+        AgentProcess::start_with(&ns, &["prlimit", "--nofile=128:128", "--"], &dir.config());
     agent.await_line("serving /metrics", Duration::from_secs(30));
     let _inside = ns.enter();
     assert_eq!(scrape(addr, Duration::from_secs(5)), Some(200));
@@ -100,12 +101,18 @@ fn out_of_file_descriptors_the_log_and_cpu_stay_bounded_and_metrics_comes_back()
     let cpu = agent.cpu_time() - cpu_before;
     let lines: Vec<String> = agent.lines.lock().unwrap()[lines_before..].to_vec();
     let bytes: usize = lines.iter().map(String::len).sum();
-    let accept_lines = lines.iter().filter(|l| l.contains("accepting a connection")).count();
+    let accept_lines = lines
+        .iter()
+        .filter(|l| l.contains("accepting a connection"))
+        .count();
     eprintln!(
         "during the attack: {} log lines ({bytes} bytes, {accept_lines} about accept), CPU {cpu:?}",
         lines.len()
     );
-    assert!(accept_lines <= 3, "accept errors logged {accept_lines} times in 10 s");
+    assert!(
+        accept_lines <= 3,
+        "accept errors logged {accept_lines} times in 10 s"
+    );
     assert!(bytes < 20_000, "{bytes} bytes of log in 10 s");
     assert!(
         cpu < Duration::from_secs(2),
@@ -123,7 +130,18 @@ fn beyond_loopback_the_api_answers_only_with_the_right_token() {
     let base = format!("http://{listen}");
     let api_routes: &[(&str, &str)] = &[
         ("GET", "/api/v1/peers"),
-        ("GET", &format!("/api/v1/peers/{}", pair.wg_a.keys.public.replace('/', "%2F").replace('+', "%2B").replace('=', "%3D"))),
+        (
+            "GET",
+            &format!(
+                "/api/v1/peers/{}",
+                pair.wg_a
+                    .keys
+                    .public
+                    .replace('/', "%2F")
+                    .replace('+', "%2B")
+                    .replace('=', "%3D")
+            ),
+        ),
         ("GET", "/api/v1/devices"),
         ("GET", "/api/v1/webhooks"),
         ("GET", "/api/v1/webhooks/hook/deliveries"),
@@ -154,7 +172,10 @@ fn beyond_loopback_the_api_answers_only_with_the_right_token() {
             assert!(body.contains("api.token_file"), "{body}");
         }
         // /metrics stays open by design (as an exporter's is).
-        assert_eq!(http(&pair.a, "GET", &format!("{base}/metrics"), None).0, 200);
+        assert_eq!(
+            http(&pair.a, "GET", &format!("{base}/metrics"), None).0,
+            200
+        );
         agent.kill();
     }
 
@@ -176,7 +197,17 @@ fn beyond_loopback_the_api_answers_only_with_the_right_token() {
         for (method, route) in api_routes {
             let url = format!("{base}{route}");
             assert_eq!(http(&pair.a, method, &url, None).0, 401, "{route}");
-            assert_eq!(http(&pair.a, method, &url, Some("7d0c0e4f6b8a4d1e9f3a2b5c6d7e8f9")).0, 401, "{route}");
+            assert_eq!(
+                http(
+                    &pair.a,
+                    method,
+                    &url,
+                    Some("7d0c0e4f6b8a4d1e9f3a2b5c6d7e8f9")
+                )
+                .0,
+                401,
+                "{route}"
+            );
         }
         for route in ["/api/v1/peers", "/api/v1/devices", "/api/v1/webhooks"] {
             let (status, body) = http(&pair.a, "GET", &format!("{base}{route}"), Some(token));
@@ -200,7 +231,9 @@ fn beyond_loopback_the_api_answers_only_with_the_right_token() {
         let mut agent = AgentProcess::start(&pair.b, &dir.config());
         let status = agent.child.wait_timeout(Duration::from_secs(30));
         assert!(!status.success(), "the agent ran with the token {weak:?}");
-        wait_for("the error line", Duration::from_secs(5), || agent.count("api.token_file") > 0);
+        wait_for("the error line", Duration::from_secs(5), || {
+            agent.count("api.token_file") > 0
+        });
         let log = agent.log();
         assert!(!log.contains(weak), "the token is in the log: {log}");
         assert!(!log.contains("serving /metrics"), "{log}");

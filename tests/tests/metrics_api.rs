@@ -241,7 +241,10 @@ fn every_route_with_and_without_its_token_and_the_cli() {
     let (status, exposition) = get("/metrics", Some("metrics-token-0123456789abcdef"));
     assert_eq!(status, 200);
     assert!(exposition.contains("wgpulse_build_info"));
-    assert!(!exposition.contains("api-token-0123456789abcdef") && !exposition.contains("metrics-token-0123456789abcdef"));
+    assert!(
+        !exposition.contains("api-token-0123456789abcdef")
+            && !exposition.contains("metrics-token-0123456789abcdef")
+    );
     for route in [
         "/api/v1/peers",
         "/api/v1/devices",

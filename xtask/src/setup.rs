@@ -88,7 +88,13 @@ fn kubectl() -> anyhow::Result<()> {
     std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
     cmd::run(
         "apt-get",
-        &["install", "-y", "-q", "--no-install-recommends", "kubernetes-client"],
+        &[
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "kubernetes-client",
+        ],
     )
 }
 

@@ -78,7 +78,10 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.starts_with("api.token_file "), "{err}");
-            assert!(!err.contains(weak.trim()) || weak.trim().is_empty(), "{err}");
+            assert!(
+                !err.contains(weak.trim()) || weak.trim().is_empty(),
+                "{err}"
+            );
         }
         std::fs::write(&path, "9f2c1e7a4b0d3e6f8a1b2c3d4e5f6a7b\n").unwrap();
         assert!(Token::from_file("api.token_file", &path).is_ok());

@@ -375,10 +375,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -439,7 +436,10 @@ mod tests {
         let state = Arc::new(ConnectionState::new(Instant::now()));
         let opened = state.idle_since().unwrap();
         assert_eq!(state.deadline(&limits), Some(opened + limits.idle_timeout));
-        assert_eq!(state.expired(&limits, opened + Duration::from_secs(59)), None);
+        assert_eq!(
+            state.expired(&limits, opened + Duration::from_secs(59)),
+            None
+        );
         assert_eq!(
             state.expired(&limits, opened + Duration::from_secs(60)),
             Some(CloseReason::Idle)
@@ -453,7 +453,10 @@ mod tests {
         );
         let guard = state.request_started();
         assert_eq!(state.deadline(&limits), None, "in flight: no deadline");
-        assert_eq!(state.expired(&limits, started + Duration::from_secs(3600)), None);
+        assert_eq!(
+            state.expired(&limits, started + Duration::from_secs(3600)),
+            None
+        );
         drop(guard);
         assert!(state.deadline(&limits).unwrap() >= started + limits.idle_timeout);
     }

@@ -78,8 +78,7 @@ pub async fn serve(
             }
             Err(err) => {
                 connections.metrics().accept_errors.inc();
-                let out_of_fds =
-                    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                let out_of_fds = matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
                 let evicted = out_of_fds && connections.evict_idle();
                 backoff = (backoff * 2).clamp(ACCEPT_BACKOFF.0, ACCEPT_BACKOFF.1);
                 if let Some(suppressed) = throttles.accept.allow(Instant::now()) {

@@ -39,7 +39,8 @@ fn unauthorized() -> Reply {
 }
 
 /// The API's answer to a client beyond loopback when no API token is configured.
-const API_NEEDS_TOKEN: &str = "the API answers clients beyond loopback only with a bearer token: set api.token_file";
+const API_NEEDS_TOKEN: &str =
+    "the API answers clients beyond loopback only with a bearer token: set api.token_file";
 
 /// The path's segments, percent-decoded; an error for `.`/`..` or empty segments
 /// (one trailing slash is allowed).
@@ -111,11 +112,10 @@ pub async fn handle(state: &ApiState, request: Request<Incoming>, remote: Socket
         ["readyz"] => get_only(&|| ready(state)),
         ["api", "v1", rest @ ..] => {
             match &state.api_token {
-                Some(token) => {
-                    if !token.accepts(authorization.as_deref()) {
-                        return unauthorized();
-                    }
+                Some(token) if !token.accepts(authorization.as_deref()) => {
+                    return unauthorized();
                 }
+                Some(_) => {}
                 None if !remote.ip().to_canonical().is_loopback() => {
                     return error(StatusCode::FORBIDDEN, API_NEEDS_TOKEN);
                 }

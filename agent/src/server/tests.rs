@@ -171,7 +171,11 @@ fn idle_connections_close_at_the_idle_timeout_even_after_a_request() {
     let opened = Instant::now();
     let mut silent = TcpStream::connect(addr).unwrap();
     let closed = await_closed(&mut silent, Duration::from_secs(5));
-    assert!(closed - opened >= idle, "closed after {:?}", closed - opened);
+    assert!(
+        closed - opened >= idle,
+        "closed after {:?}",
+        closed - opened
+    );
 
     let mut kept = TcpStream::connect(addr).unwrap();
     write!(kept, "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
@@ -182,7 +186,10 @@ fn idle_connections_close_at_the_idle_timeout_even_after_a_request() {
     let closed = await_closed(&mut kept, Duration::from_secs(5));
     assert!(closed - answered >= idle - Duration::from_millis(50));
     assert_eq!(
-        running.metric("wgpulse_http_connections_closed_total", Some("idle_timeout")),
+        running.metric(
+            "wgpulse_http_connections_closed_total",
+            Some("idle_timeout")
+        ),
         2.0
     );
 }
@@ -228,7 +235,11 @@ fn path_and_method_errors_say_what_is_wrong() {
     let (status, body) = request(addr, "GET", "/api/v1/peers/abc/def+ghi=");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("URL-encoded"), "{body}");
-    for path in ["/api/v1/../metrics", "/api/v1/peers/%2e%2e", "/api//v1/peers"] {
+    for path in [
+        "/api/v1/../metrics",
+        "/api/v1/peers/%2e%2e",
+        "/api//v1/peers",
+    ] {
         let (status, body) = request(addr, "GET", path);
         assert_eq!(status, 400, "{path}: {body}");
     }

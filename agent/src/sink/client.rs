@@ -70,7 +70,9 @@ impl Clients {
 }
 
 /// Reads the PEM certificates of a `ca_file` (at least one).
-pub fn read_ca_file(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ClientError> {
+pub fn read_ca_file(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ClientError> {
     let ca_error = |message: String| ClientError::CaFile {
         path: path.to_path_buf(),
         message,

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use hyper::{Method, Request, Uri};
-use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use super::config::{redact_url, Format, WebhookConfig};
@@ -128,7 +128,8 @@ impl Target {
             webhook: config.name.clone(),
             message,
         };
-        let mut url = super::config::parse_url(&config.url).map_err(|m| invalid(format!("url: {m}")))?;
+        let mut url =
+            super::config::parse_url(&config.url).map_err(|m| invalid(format!("url: {m}")))?;
         let from_url = userinfo_authorization(&mut url);
         let url: Uri = url
             .as_str()
@@ -143,12 +144,10 @@ impl Target {
         )?
         .or(from_url)
         .map(|value| {
-            crate::secrets::check_value(value.as_bytes()).map_err(|weak| {
-                TargetError::Secret {
-                    webhook: config.name.clone(),
-                    what: "authorization",
-                    message: format!("the value {weak}"),
-                }
+            crate::secrets::check_value(value.as_bytes()).map_err(|weak| TargetError::Secret {
+                webhook: config.name.clone(),
+                what: "authorization",
+                message: format!("the value {weak}"),
             })?;
             let mut header = HeaderValue::from_str(&value)
                 .map_err(|_| invalid("authorization is not a valid header value".into()))?;
@@ -261,10 +260,15 @@ mod tests {
 
     #[test]
     fn url_userinfo_becomes_basic_auth_and_leaves_the_url() {
-        let config = webhook("name = \"a\"\nurl = \"http://alice:s%3Acret@127.0.0.1:18090/hook?token=q1\"\n");
+        let config = webhook(
+            "name = \"a\"\nurl = \"http://alice:s%3Acret@127.0.0.1:18090/hook?token=q1\"\n",
+        );
         assert!(config.problems().is_empty(), "{:?}", config.problems());
         let target = Target::new(&config).unwrap();
-        assert_eq!(target.url.to_string(), "http://127.0.0.1:18090/hook?token=q1");
+        assert_eq!(
+            target.url.to_string(),
+            "http://127.0.0.1:18090/hook?token=q1"
+        );
         let request = target.request("id", None, Bytes::new(), SystemTime::now());
         assert_eq!(
             request.headers()[AUTHORIZATION],
@@ -273,7 +277,10 @@ mod tests {
         );
         assert!(request.headers()[AUTHORIZATION].is_sensitive());
         let debug = format!("{target:?}");
-        assert!(!debug.contains("cret") && !debug.contains("q1") && !debug.contains("alice"), "{debug}");
+        assert!(
+            !debug.contains("cret") && !debug.contains("q1") && !debug.contains("alice"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -282,7 +289,12 @@ mod tests {
             "name = \"a\"\nurl = \"http://alice:secret@h/x\"\nauthorization = \"Bearer 0123456789abcdef\"\n",
         );
         let problems = config.problems();
-        assert!(problems.iter().any(|(k, m)| k == "url" && m.contains("use one")), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|(k, m)| k == "url" && m.contains("use one")),
+            "{problems:?}"
+        );
         assert!(!format!("{problems:?}").contains("secret"));
     }
 
@@ -290,28 +302,50 @@ mod tests {
     fn invalid_ports_framing_headers_and_crlf_values_are_config_errors() {
         let config = webhook("name = \"a\"\nurl = \"http://127.0.0.1:99999/x\"\n");
         let problems = config.problems();
-        assert!(problems.iter().any(|(k, m)| k == "url" && m.contains("port")), "{problems:?}");
-        for header in ["Host", "Content-Length", "transfer-encoding", "Connection", "Authorization"] {
+        assert!(
+            problems
+                .iter()
+                .any(|(k, m)| k == "url" && m.contains("port")),
+            "{problems:?}"
+        );
+        for header in [
+            "Host",
+            "Content-Length",
+            "transfer-encoding",
+            "Connection",
+            "Authorization",
+        ] {
             let config = webhook(&format!(
                 "name = \"a\"\nurl = \"http://h/x\"\n[headers]\n{header} = \"5\"\n"
             ));
             let problems = config.problems();
             assert!(
-                problems.iter().any(|(k, _)| k == &format!("headers.{header}")),
+                problems
+                    .iter()
+                    .any(|(k, _)| k == &format!("headers.{header}")),
                 "{header}: {problems:?}"
             );
         }
-        let config = webhook("name = \"a\"\nurl = \"http://h/x\"\n[headers]\nX-Tenant = \"blue\\r\\nX-Evil: 1\"\n");
-        assert!(config.problems().iter().any(|(k, _)| k == "headers.X-Tenant"));
+        let config = webhook(
+            "name = \"a\"\nurl = \"http://h/x\"\n[headers]\nX-Tenant = \"blue\\r\\nX-Evil: 1\"\n",
+        );
+        assert!(config
+            .problems()
+            .iter()
+            .any(|(k, _)| k == "headers.X-Tenant"));
         let config = webhook("name = \"a\"\nurl = \"http://h/x#frag\"\n");
         assert!(config.problems().iter().any(|(k, _)| k == "url"));
     }
 
     #[test]
     fn a_placeholder_authorization_stops_the_webhook() {
-        let config = webhook("name = \"a\"\nurl = \"http://h/x\"\nauthorization = \"Bearer change-me\"\n");
+        let config =
+            webhook("name = \"a\"\nurl = \"http://h/x\"\nauthorization = \"Bearer change-me\"\n");
         let err = Target::new(&config).unwrap_err().to_string();
-        assert!(err.contains("placeholder") && err.contains("authorization"), "{err}");
+        assert!(
+            err.contains("placeholder") && err.contains("authorization"),
+            "{err}"
+        );
         assert!(!err.contains("Bearer"), "{err}");
     }
 }

@@ -112,7 +112,11 @@ mod tests {
 
     #[test]
     fn rotation_gives_one_signature_per_secret() {
-        let signer = Signer::new(&["old-secret-0123456789".into(), "new-secret-0123456789".into()]).unwrap();
+        let signer = Signer::new(&[
+            "old-secret-0123456789".into(),
+            "new-secret-0123456789".into(),
+        ])
+        .unwrap();
         let signatures = signer.sign("id", 1, b"{}");
         assert_eq!(signatures.standard.split(' ').count(), 2);
         assert_eq!(signatures.body.split(' ').count(), 2);
@@ -126,7 +130,9 @@ mod tests {
         let shipped = "whsec_Y2hhbmdlLW1lLWNoYW5nZS1tZS1jaGFuZ2UtbWU=";
         assert!(matches!(
             Signer::new(&[shipped.into()]),
-            Err(SecretError::Weak(crate::secrets::WeakSecret::Placeholder(_)))
+            Err(SecretError::Weak(crate::secrets::WeakSecret::Placeholder(
+                _
+            )))
         ));
         assert!(matches!(
             Signer::new(&["short".into()]),
