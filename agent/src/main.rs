@@ -10,8 +10,6 @@ use wgpulse::config::Config;
 
 /// Bound of the queue between the peer table and delivery.
 const EVENT_QUEUE: usize = 4096;
-/// Most events written to the outbox in one transaction.
-const EVENT_BATCH: usize = 4096;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -75,22 +73,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let delivery = wgpulse::sink::Delivery::start(&config, runtime.handle(), &registry)
         .context("starting webhook delivery")?;
     let (events, received, stored) = wgpulse::events::EventQueue::durable(EVENT_QUEUE);
-    let consumer = {
-        let delivery = delivery.clone();
-        std::thread::Builder::new()
-            .name("wgpulse-events".into())
-            .spawn(move || {
-                // Events are accepted in batches: one outbox transaction (one fsync)
-                // for everything that queued up meanwhile.
-                while let Ok(first) = received.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(received.try_iter().take(EVENT_BATCH - 1));
-                    delivery.accept(&batch);
-                    stored.stored(batch.len());
-                }
-            })
-            .context("starting the event thread")?
-    };
+    let writer_health = std::sync::Arc::new(wgpulse::sink::writer::WriterHealth::default());
+    let consumer =
+        wgpulse::sink::writer::spawn(delivery.clone(), received, stored, writer_health.clone())
+            .context("starting the event thread")?;
     let agent =
         wgpulse::agent::start(config.clone(), events, None).context("starting the agent")?;
     registry
@@ -104,6 +90,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         delivery: (!config.webhooks.is_empty()).then(|| delivery.clone()),
         api_token,
         metrics_token,
+        writer: Some(writer_health),
     };
     let server = runtime
         .block_on(wgpulse::server::start(&config.metrics, state))

@@ -540,6 +540,53 @@ fn a_full_outbox_drops_the_oldest_of_the_slowest_webhook() {
     );
 }
 
+#[test]
+fn a_dead_letter_flood_keeps_the_outbox_within_its_limit() {
+    let receiver = Receiver::start();
+    receiver.set_default(Reply::Status(400));
+    let harness = Harness::start(
+        &format!(
+            "[[webhooks]]\nname = \"rejecting\"\nurl = \"{}\"\n",
+            receiver.url()
+        ),
+        "[outbox]\nmax_bytes = 65536\n",
+        None,
+    );
+    let pad = "z".repeat(1000);
+    let mut accepted = 0;
+    for round in 0..20 {
+        let events: Vec<Event> = (0..10)
+            .map(|n| {
+                let mut e = event(&format!("peer-{round}-{n}"), n);
+                e.payload["Pad"] = serde_json::json!(pad);
+                e
+            })
+            .collect();
+        harness.delivery.accept(&events);
+        accepted += events.len();
+        // Each round is rejected and buried before the next arrives.
+        wait_for(
+            "the round to be dead-lettered",
+            Duration::from_secs(10),
+            || harness.status("rejecting").counters.dead as usize == accepted,
+        );
+        assert!(
+            harness.metric("wgpulse_outbox_bytes", &[]) <= 65536.0 + 10.0 * 1200.0,
+            "round {round}: the outbox grew past its limit"
+        );
+    }
+    let expired = harness.metric(
+        "wgpulse_outbox_dead_letters_expired_total",
+        &[("webhook", "rejecting"), ("reason", "outbox_full")],
+    );
+    assert!(
+        expired > 100.0,
+        "the oldest dead letters made room: {expired}"
+    );
+    let status = harness.status("rejecting");
+    assert_eq!(status.dead_letters as f64 + expired, 200.0, "{status:?}");
+}
+
 /// A small tmpfs mounted for the test and unmounted on drop (also on panic).
 struct Tmpfs(std::path::PathBuf);
 
@@ -554,7 +601,7 @@ impl Drop for Tmpfs {
 }
 
 #[test]
-fn a_full_disk_holds_events_in_memory_until_there_is_room() {
+fn a_full_disk_delivers_from_memory_and_stores_what_is_still_owed_once_there_is_room() {
     let mount = std::env::temp_dir().join(wgpulse_tests::unique_name("wgpd"));
     std::fs::create_dir_all(&mount).unwrap();
     run(
@@ -570,8 +617,15 @@ fn a_full_disk_holds_events_in_memory_until_there_is_room() {
     );
     let tmpfs = Tmpfs(mount.clone());
     let receiver = Receiver::start();
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let harness = Harness::start(
-        &format!("[[webhooks]]\nname = \"w\"\nurl = \"{}\"\n", receiver.url()),
+        &format!(
+            "[[webhooks]]\nname = \"w\"\nurl = \"{}\"\n[[webhooks]]\nname = \"down\"\nurl = \"http://{down}/x\"\n{FAST_RETRY}",
+            receiver.url()
+        ),
         "",
         Some(&tmpfs.0),
     );
@@ -602,23 +656,29 @@ fn a_full_disk_holds_events_in_memory_until_there_is_room() {
         })
         .collect();
     harness.delivery.accept(&events);
-    assert!(
-        harness.metric("wgpulse_outbox_unwritten_events", &[]) > 0.0,
-        "the events are held in memory while the disk is full"
-    );
-    assert_eq!(
-        receiver.requests().len(),
-        0,
-        "nothing is sent before it is stored"
-    );
-    std::fs::remove_file(&filler).unwrap();
-    let _ = std::fs::remove_file(format!("{}.2", filler.display()));
+    // Delivered from memory while the disk is still full, in order.
     let requests = receiver.wait_for(50, Duration::from_secs(10));
     let ns: Vec<u64> = requests
         .iter()
         .map(|r| r.json()["payload"]["Status"]["N"].as_u64().unwrap())
         .collect();
     assert_eq!(ns, (0..50).collect::<Vec<u64>>(), "all of them, in order");
-    assert_eq!(harness.metric("wgpulse_outbox_unwritten_events", &[]), 0.0);
+    assert_eq!(
+        harness.metric("wgpulse_outbox_unwritten_events", &[]),
+        50.0,
+        "still owed to the webhook that is down: held, counted as unwritten"
+    );
+    assert_eq!(harness.status("down").queued, 50);
+    std::fs::remove_file(&filler).unwrap();
+    let _ = std::fs::remove_file(format!("{}.2", filler.display()));
+    wait_for(
+        "the held events to be stored",
+        Duration::from_secs(40),
+        || harness.metric("wgpulse_outbox_unwritten_events", &[]) == 0.0,
+    );
     drop(harness);
+    // On disk now, for the webhook that still owes them, and only for it.
+    let outbox = wgpulse::outbox::Outbox::open(&mount).unwrap();
+    assert_eq!(outbox.pending("down").unwrap().len(), 50);
+    assert!(outbox.pending("w").unwrap().is_empty());
 }

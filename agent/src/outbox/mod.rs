@@ -1,20 +1,32 @@
 //! The durable event outbox: every accepted event is written to an embedded,
 //! crash-safe store on local disk before it counts as accepted, with one pending entry
 //! per webhook that wants it, and is removed once every such webhook has delivered it
-//! (or buried it as a dead letter that was then dropped).
+//! (or buried it as a dead letter that was then forgotten).
 //!
-//! The store is [redb](https://docs.rs/redb): a pure-Rust embedded key-value store
-//! with ACID transactions, copy-on-write B-trees and a checksummed commit protocol,
-//! so a crash (even SIGKILL mid-commit) leaves the last committed state. Every write
-//! transaction is committed with `Durability::Immediate` (fsync) before `append`
-//! returns.
+//! Two tiers under one sequence space: [`store`] is [redb](https://docs.rs/redb) (a
+//! pure-Rust embedded key-value store with ACID transactions, copy-on-write B-trees
+//! and a checksummed commit protocol, so a crash, even SIGKILL mid-commit, leaves the
+//! last committed state; appends are fsynced), and [`overlay`] holds what the disk
+//! could not take (full, failing) so that it is delivered from memory meanwhile and
+//! written once the disk works; retries of the disk back off and are logged once per
+//! change of state. A damaged file found at start is set aside and salvaged
+//! ([`recover`]); dead letters leave by age and share of the size limit
+//! ([`retention`]).
+
+mod overlay;
+pub mod recover;
+pub mod retention;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::Database;
 use serde::Deserialize;
+
+pub use recover::Damage;
 
 /// `[outbox]` configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -25,12 +37,21 @@ pub struct OutboxConfig {
     /// queued are dropped (counted in `wgpulse_outbox_dropped_events_total` and
     /// logged) to make room: never unbounded growth, never a crash.
     pub max_bytes: u64,
+    /// Dead letters older than this (from the event's creation) are forgotten
+    /// (default 7 days).
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_max_age: Duration,
+    /// Dead letters may take at most this share of `max_bytes` (default 0.25); beyond
+    /// it the oldest are forgotten.
+    pub dead_letter_max_share: f64,
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
             max_bytes: 256 * 1024 * 1024,
+            dead_letter_max_age: Duration::from_secs(7 * 24 * 3600),
+            dead_letter_max_share: 0.25,
         }
     }
 }
@@ -42,18 +63,21 @@ impl OutboxConfig {
         if self.max_bytes < 64 * 1024 {
             problems.push(("max_bytes".into(), "must be at least 64 KiB".into()));
         }
+        if self.dead_letter_max_age < Duration::from_secs(60) {
+            problems.push((
+                "dead_letter_max_age".into(),
+                "must be at least 1m (dead letters are kept to be replayed)".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.dead_letter_max_share) {
+            problems.push((
+                "dead_letter_max_share".into(),
+                "must be between 0 and 1".into(),
+            ));
+        }
         problems
     }
 }
-
-/// Event bodies by sequence number.
-const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-/// (webhook, sequence) -> 0: the webhook has still to deliver the event.
-const PENDING: TableDefinition<(&str, u64), u64> = TableDefinition::new("pending");
-/// (webhook, sequence) -> reason: the webhook gave up on the event.
-const DEAD: TableDefinition<(&str, u64), &str> = TableDefinition::new("dead");
-/// Sequence -> how many pending or dead entries still reference the event.
-const REFS: TableDefinition<u64, u32> = TableDefinition::new("refs");
 
 /// Errors of the outbox.
 #[derive(Debug, thiserror::Error)]
@@ -96,14 +120,58 @@ pub struct Incoming<'a> {
     pub webhooks: Vec<&'a str>,
 }
 
-/// The outbox database.
+/// What became of an append.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// The events' sequence numbers (0: no webhook wants it, not kept).
+    pub seqs: Vec<u64>,
+    /// Why the disk did not take them, if it did not: they are held in memory (and
+    /// delivered from there) until it does.
+    pub unwritten: Option<OutboxError>,
+    /// Events lost from a full memory tier, per webhook that still wanted them.
+    pub dropped: Vec<(String, u64)>,
+}
+
+/// A change in whether the disk takes writes, to log once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskChange {
+    /// Writes started failing.
+    Failing(String),
+    /// Writes work again; this many held events were written.
+    Recovered(usize),
+}
+
+/// Most events held in memory while the disk cannot be written; beyond it the oldest
+/// are dropped and counted.
+pub const MEMORY_LIMIT: usize = 100_000;
+
+/// First and longest wait before the disk is tried again after a failure.
+const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+#[derive(Debug, Default)]
+struct Health {
+    /// The first failure of the current failing spell.
+    failing: Option<String>,
+    next_try: Option<Instant>,
+    backoff: Duration,
+    /// A change not yet taken by [`Outbox::take_change`].
+    change: Option<DiskChange>,
+}
+
+/// The outbox.
 pub struct Outbox {
     /// The open database; `None` after a failed write until it is reopened (redb
     /// refuses further use of a handle that saw an I/O error).
-    db: std::sync::RwLock<Option<Database>>,
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     next_seq: Mutex<u64>,
-    bytes: AtomicU64,
+    disk_bytes: AtomicU64,
+    overlay: Mutex<overlay::Overlay>,
+    health: Mutex<Health>,
+    /// Acknowledgements (webhook, sequences, of dead letters) the disk did not take.
+    deferred: Mutex<Vec<(String, Vec<u64>, bool)>>,
+    memory_limit: usize,
+    damage: Option<Damage>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -114,170 +182,260 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
-#[derive(Deserialize)]
-struct Head {
-    identifier: String,
-    #[serde(with = "time::serde::rfc3339")]
-    timestamp: time::OffsetDateTime,
-}
-
-/// Creation time and identifier of a stored event.
-fn head(body: &[u8]) -> (String, u64) {
-    match serde_json::from_slice::<Head>(body) {
-        Ok(head) => (
-            head.identifier,
-            (head.timestamp.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
-        ),
-        Err(_) => (String::new(), 0),
-    }
-}
-
 impl Outbox {
-    /// Opens (or creates) `dir/outbox.redb`.
+    /// Opens (or creates) `dir/outbox.redb`. A damaged file is set aside and what it
+    /// still holds salvaged ([`Outbox::damage`] says what happened).
     pub fn open(dir: &Path) -> Result<Self, OutboxError> {
-        let path = dir.join("outbox.redb");
-        let err = |op: &'static str| {
-            let path = path.clone();
-            move |e: &dyn std::fmt::Display| OutboxError::Store {
-                path: path.clone(),
-                op,
-                message: e.to_string(),
-            }
-        };
-        std::fs::create_dir_all(dir).map_err(|e| err("creating its directory")(&e))?;
-        let db = Database::create(&path).map_err(|e| err("opening")(&e))?;
-        let txn = db.begin_write().map_err(|e| err("opening")(&e))?;
-        {
-            txn.open_table(EVENTS).map_err(|e| err("opening")(&e))?;
-            txn.open_table(PENDING).map_err(|e| err("opening")(&e))?;
-            txn.open_table(DEAD).map_err(|e| err("opening")(&e))?;
-            txn.open_table(REFS).map_err(|e| err("opening")(&e))?;
-        }
-        txn.commit().map_err(|e| err("opening")(&e))?;
-        let outbox = Self {
-            db: std::sync::RwLock::new(Some(db)),
-            path,
-            next_seq: Mutex::new(0),
-            bytes: AtomicU64::new(0),
-        };
-        let (last, bytes) = outbox.scan()?;
-        *outbox.next_seq.lock().expect("not poisoned") = last + 1;
-        outbox.bytes.store(bytes, Ordering::Relaxed);
-        Ok(outbox)
+        Self::open_with_limit(dir, MEMORY_LIMIT)
     }
 
-    /// The open database, reopening it first if a failed write closed it.
-    fn database(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>, OutboxError> {
+    /// [`Outbox::open`] with another memory-tier limit (tests).
+    pub fn open_with_limit(dir: &Path, memory_limit: usize) -> Result<Self, OutboxError> {
+        let path = dir.join("outbox.redb");
+        let error = |op, message: String| OutboxError::Store {
+            path: path.clone(),
+            op,
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| error("creating its directory", e.to_string()))?;
+        let opened = recover::open(&path).map_err(|m| error("opening", m))?;
+        Ok(Self {
+            db: RwLock::new(Some(opened.db)),
+            path,
+            next_seq: Mutex::new(opened.last_seq + 1),
+            disk_bytes: AtomicU64::new(opened.bytes),
+            overlay: Mutex::default(),
+            health: Mutex::default(),
+            deferred: Mutex::default(),
+            memory_limit,
+            damage: opened.damage,
+        })
+    }
+
+    /// The damage found when the file was opened, if any.
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage.as_ref()
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn error(&self, op: &'static str, message: impl std::fmt::Display) -> OutboxError {
+        OutboxError::Store {
+            path: self.path.clone(),
+            op,
+            message: message.to_string(),
+        }
+    }
+
+    fn store_error(&self, failure: store::StoreFailure) -> OutboxError {
+        self.error(failure.op, failure.message)
+    }
+
+    /// Runs `f` on the open database, reopening it first if a failed write closed it.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, store::StoreFailure>,
+    ) -> Result<T, OutboxError> {
         {
             let guard = self.db.read().expect("not poisoned");
-            if guard.is_some() {
-                return Ok(guard);
+            if let Some(db) = guard.as_ref() {
+                return f(db).map_err(|e| self.store_error(e));
             }
         }
-        {
-            let mut guard = self.db.write().expect("not poisoned");
-            if guard.is_none() {
-                let db = Database::create(&self.path).map_err(|e| self.error("reopening", e))?;
-                *guard = Some(db);
-                tracing::info!(path = %self.path.display(), "outbox reopened");
-            }
+        let mut guard = self.db.write().expect("not poisoned");
+        if guard.is_none() {
+            let db = Database::create(&self.path).map_err(|e| self.error("reopening", e))?;
+            tracing::debug!(path = %self.path.display(), "outbox reopened");
+            *guard = Some(db);
         }
-        Ok(self.db.read().expect("not poisoned"))
+        f(guard.as_ref().expect("opened")).map_err(|e| self.store_error(e))
     }
 
-    /// Closes the database after a failed write; the next use reopens it.
-    fn failed<T>(&self, result: Result<T, OutboxError>) -> Result<T, OutboxError> {
-        if result.is_err() {
-            *self.db.write().expect("not poisoned") = None;
+    /// Runs a write on the database; a failure closes it (redb refuses a handle that
+    /// saw an I/O error) and starts or continues a failing spell.
+    fn write_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, store::StoreFailure>,
+    ) -> Result<T, OutboxError> {
+        let result = self.with_db(f);
+        match &result {
+            Ok(_) => {}
+            Err(err) => {
+                *self.db.write().expect("not poisoned") = None;
+                let mut health = self.health.lock().expect("not poisoned");
+                health.backoff = (health.backoff * 2).clamp(RETRY_BACKOFF.0, RETRY_BACKOFF.1);
+                health.next_try = Some(Instant::now() + health.backoff);
+                if health.failing.is_none() {
+                    health.failing = Some(err.to_string());
+                    health.change = Some(DiskChange::Failing(err.to_string()));
+                }
+            }
         }
         result
     }
 
-    fn error(&self, op: &'static str, e: impl std::fmt::Display) -> OutboxError {
-        OutboxError::Store {
-            path: self.path.clone(),
-            op,
-            message: e.to_string(),
-        }
+    /// Whether the disk may be tried now (not failing, or its back-off is over).
+    fn may_try(&self) -> bool {
+        let health = self.health.lock().expect("not poisoned");
+        health.next_try.is_none_or(|at| Instant::now() >= at)
     }
 
-    fn scan(&self) -> Result<(u64, u64), OutboxError> {
-        let read = self
-            .database()?
-            .as_ref()
-            .expect("checked")
-            .begin_read()
-            .map_err(|e| self.error("reading", e))?;
-        let events = read
-            .open_table(EVENTS)
-            .map_err(|e| self.error("reading", e))?;
-        let mut bytes = 0;
-        let mut last = 0;
-        for item in events.iter().map_err(|e| self.error("reading", e))? {
-            let (seq, body) = item.map_err(|e| self.error("reading", e))?;
-            bytes += body.value().len() as u64;
-            last = seq.value();
+    fn recovered(&self, written: usize) {
+        let mut health = self.health.lock().expect("not poisoned");
+        if health.failing.take().is_some() {
+            health.change = Some(DiskChange::Recovered(written));
         }
-        Ok((last, bytes))
+        health.next_try = None;
+        health.backoff = Duration::ZERO;
     }
 
-    /// Bytes of stored events.
+    /// The last change of the disk's state, once (for one log line per change).
+    pub fn take_change(&self) -> Option<DiskChange> {
+        self.health.lock().expect("not poisoned").change.take()
+    }
+
+    /// Bytes of stored and held events.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.disk_bytes.load(Ordering::Relaxed) + self.overlay.lock().expect("not poisoned").bytes()
     }
 
-    /// Durably appends events; returns their sequence numbers. Events no webhook
-    /// wants are not stored (sequence 0).
-    pub fn append(&self, incoming: &[Incoming<'_>]) -> Result<Vec<u64>, OutboxError> {
-        self.failed(self.try_append(incoming))
+    /// Events held in memory, not yet on disk.
+    pub fn unwritten(&self) -> usize {
+        self.overlay.lock().expect("not poisoned").len()
     }
 
-    fn try_append(&self, incoming: &[Incoming<'_>]) -> Result<Vec<u64>, OutboxError> {
+    /// Appends events: durably (fsynced, together with anything held in memory
+    /// before them) when the disk takes them, else held in memory. Events no webhook
+    /// wants are not kept (sequence 0).
+    pub fn append(&self, incoming: &[Incoming<'_>]) -> Appended {
         let mut next = self.next_seq.lock().expect("not poisoned");
-        let mut txn = self
-            .database()?
-            .as_ref()
-            .expect("checked")
-            .begin_write()
-            .map_err(|e| self.error("appending", e))?;
-        txn.set_durability(Durability::Immediate);
         let mut seqs = Vec::with_capacity(incoming.len());
-        let mut added = 0u64;
         let mut seq = *next;
-        {
-            let mut events = txn
-                .open_table(EVENTS)
-                .map_err(|e| self.error("appending", e))?;
-            let mut pending = txn
-                .open_table(PENDING)
-                .map_err(|e| self.error("appending", e))?;
-            let mut refs = txn
-                .open_table(REFS)
-                .map_err(|e| self.error("appending", e))?;
-            for item in incoming {
-                if item.webhooks.is_empty() {
-                    seqs.push(0);
-                    continue;
-                }
-                events
-                    .insert(seq, item.body)
-                    .map_err(|e| self.error("appending", e))?;
-                for webhook in &item.webhooks {
-                    pending
-                        .insert((*webhook, seq), 0)
-                        .map_err(|e| self.error("appending", e))?;
-                }
-                refs.insert(seq, item.webhooks.len() as u32)
-                    .map_err(|e| self.error("appending", e))?;
-                added += item.body.len() as u64;
+        for item in incoming {
+            if item.webhooks.is_empty() {
+                seqs.push(0);
+            } else {
                 seqs.push(seq);
                 seq += 1;
             }
         }
-        txn.commit().map_err(|e| self.error("committing", e))?;
         *next = seq;
-        self.bytes.fetch_add(added, Ordering::Relaxed);
-        Ok(seqs)
+        let mut overlay = self.overlay.lock().expect("not poisoned");
+        let mut appended = Appended {
+            seqs,
+            ..Default::default()
+        };
+        if self.may_try() {
+            let held: Vec<(u64, overlay::Held)> =
+                overlay.iter().map(|(s, h)| (s, h.clone())).collect();
+            let mut rows: Vec<store::Row<'_>> = held
+                .iter()
+                .map(|(seq, held)| store::Row {
+                    seq: *seq,
+                    body: &held.body,
+                    pending: held.pending.iter().map(String::as_str).collect(),
+                    dead: held
+                        .dead
+                        .iter()
+                        .map(|(w, r)| (w.as_str(), r.as_str()))
+                        .collect(),
+                })
+                .collect();
+            rows.extend(
+                incoming
+                    .iter()
+                    .zip(&appended.seqs)
+                    .filter(|(_, seq)| **seq != 0)
+                    .map(|(item, seq)| store::Row {
+                        seq: *seq,
+                        body: item.body,
+                        pending: item.webhooks.clone(),
+                        dead: Vec::new(),
+                    }),
+            );
+            if rows.is_empty() {
+                return appended;
+            }
+            match self.write_db(|db| store::write(db, &rows)) {
+                Ok(added) => {
+                    self.disk_bytes.fetch_add(added, Ordering::Relaxed);
+                    overlay.clear();
+                    drop(overlay);
+                    self.recovered(held.len());
+                    self.apply_deferred();
+                    return appended;
+                }
+                Err(err) => appended.unwritten = Some(err),
+            }
+        } else {
+            appended.unwritten = Some(
+                self.error(
+                    "appending",
+                    self.health
+                        .lock()
+                        .expect("not poisoned")
+                        .failing
+                        .clone()
+                        .unwrap_or_else(|| "the disk is failing".into()),
+                ),
+            );
+        }
+        for (item, seq) in incoming.iter().zip(&appended.seqs) {
+            if *seq == 0 {
+                continue;
+            }
+            let lost = overlay.hold(
+                *seq,
+                overlay::Held {
+                    body: item.body.to_vec(),
+                    identifier: item.identifier.to_owned(),
+                    created_ms: item.created_ms,
+                    pending: item.webhooks.iter().map(|w| (*w).to_owned()).collect(),
+                    dead: Vec::new(),
+                },
+                self.memory_limit,
+            );
+            for (webhook, count) in lost {
+                match appended.dropped.iter_mut().find(|(w, _)| *w == webhook) {
+                    Some((_, n)) => *n += count,
+                    None => appended.dropped.push((webhook, count)),
+                }
+            }
+        }
+        appended
+    }
+
+    /// Tries to write what is held in memory (when the disk's back-off allows);
+    /// returns how many events were written.
+    pub fn flush(&self) -> Result<usize, OutboxError> {
+        let nothing_held = self.overlay.lock().expect("not poisoned").is_empty()
+            && self.deferred.lock().expect("not poisoned").is_empty();
+        if nothing_held || !self.may_try() {
+            return Ok(0);
+        }
+        let before = self.unwritten();
+        let appended = self.append(&[]);
+        match appended.unwritten {
+            Some(err) => Err(err),
+            None => Ok(before),
+        }
+    }
+
+    /// Applies the acknowledgements the disk could not take when they were made.
+    fn apply_deferred(&self) {
+        let deferred = std::mem::take(&mut *self.deferred.lock().expect("not poisoned"));
+        for (webhook, seqs, dead) in &deferred {
+            if self.release_on_disk(webhook, seqs, *dead).is_err() {
+                self.deferred.lock().expect("not poisoned").push((
+                    webhook.clone(),
+                    seqs.clone(),
+                    *dead,
+                ));
+            }
+        }
     }
 
     /// A webhook's pending events, in order.
@@ -292,69 +450,34 @@ impl Outbox {
     }
 
     fn listed(&self, webhook: &str, dead: bool) -> Result<Vec<(Stored, String)>, OutboxError> {
-        let read = self
-            .database()?
-            .as_ref()
-            .expect("checked")
-            .begin_read()
-            .map_err(|e| self.error("reading", e))?;
-        let events = read
-            .open_table(EVENTS)
-            .map_err(|e| self.error("reading", e))?;
-        let mut out = Vec::new();
-        let mut push = |seq: u64, reason: String| -> Result<(), OutboxError> {
-            if let Some(body) = events.get(seq).map_err(|e| self.error("reading", e))? {
-                let body = body.value();
-                let (identifier, created_ms) = head(body);
-                out.push((
-                    Stored {
-                        seq,
-                        identifier,
-                        created_ms,
-                        size: body.len(),
-                    },
-                    reason,
-                ));
-            }
-            Ok(())
-        };
-        let range = (webhook, 0)..=(webhook, u64::MAX);
-        if dead {
-            let table = read
-                .open_table(DEAD)
-                .map_err(|e| self.error("reading", e))?;
-            for item in table.range(range).map_err(|e| self.error("reading", e))? {
-                let (key, reason) = item.map_err(|e| self.error("reading", e))?;
-                push(key.value().1, reason.value().to_owned())?;
-            }
-        } else {
-            let table = read
-                .open_table(PENDING)
-                .map_err(|e| self.error("reading", e))?;
-            for item in table.range(range).map_err(|e| self.error("reading", e))? {
-                let (key, _) = item.map_err(|e| self.error("reading", e))?;
-                push(key.value().1, String::new())?;
-            }
-        }
+        let mut out = self.with_db(|db| store::listed(db, webhook, dead))?;
+        out.extend(
+            self.overlay
+                .lock()
+                .expect("not poisoned")
+                .listed(webhook, dead),
+        );
+        out.sort_by_key(|(stored, _)| stored.seq);
         Ok(out)
     }
 
     /// The bodies of events, in the order asked (missing ones are skipped).
     pub fn load(&self, seqs: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
-        let read = self
-            .database()?
-            .as_ref()
-            .expect("checked")
-            .begin_read()
-            .map_err(|e| self.error("reading", e))?;
-        let events = read
-            .open_table(EVENTS)
-            .map_err(|e| self.error("reading", e))?;
         let mut out = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            if let Some(body) = events.get(*seq).map_err(|e| self.error("reading", e))? {
-                out.push((*seq, body.value().to_vec()));
-            }
+        let on_disk: Vec<u64> = {
+            let overlay = self.overlay.lock().expect("not poisoned");
+            overlay.load(seqs, &mut out);
+            seqs.iter()
+                .copied()
+                .filter(|s| !overlay.contains(*s))
+                .collect()
+        };
+        if !on_disk.is_empty() {
+            self.with_db(|db| store::load(db, &on_disk, &mut out))?;
+        }
+        let position = |seq: u64| seqs.iter().position(|s| *s == seq).unwrap_or(usize::MAX);
+        if out.len() > 1 {
+            out.sort_by_key(|(seq, _)| position(*seq));
         }
         Ok(out)
     }
@@ -362,233 +485,79 @@ impl Outbox {
     /// The webhook delivered (or dropped) these events: forget them for it, and
     /// delete the events nobody references any more.
     pub fn ack(&self, webhook: &str, seqs: &[u64]) -> Result<(), OutboxError> {
-        self.release(webhook, seqs, PENDING)
+        self.release(webhook, seqs, false)
     }
 
-    /// Forgets dead letters (replayed elsewhere, or dropped).
+    /// Forgets dead letters (expired, or dropped).
     pub fn forget_dead(&self, webhook: &str, seqs: &[u64]) -> Result<(), OutboxError> {
-        self.release(webhook, seqs, DEAD)
+        self.release(webhook, seqs, true)
     }
 
-    fn release<V: redb::Value + 'static>(
-        &self,
-        webhook: &str,
-        seqs: &[u64],
-        table: TableDefinition<(&str, u64), V>,
-    ) -> Result<(), OutboxError> {
-        self.failed(self.try_release(webhook, seqs, table))
-    }
-
-    fn try_release<V: redb::Value + 'static>(
-        &self,
-        webhook: &str,
-        seqs: &[u64],
-        table: TableDefinition<(&str, u64), V>,
-    ) -> Result<(), OutboxError> {
-        let mut txn = self
-            .database()?
-            .as_ref()
-            .expect("checked")
-            .begin_write()
-            .map_err(|e| self.error("acknowledging", e))?;
-        // Acknowledgements need no fsync of their own: the next append's fsync (or
-        // closing the database) makes them durable. A crash before that delivers
-        // those events again, with the same ids, which receivers already expect.
-        txn.set_durability(Durability::Eventual);
-        let mut freed = 0u64;
-        {
-            let mut entries = txn
-                .open_table(table)
-                .map_err(|e| self.error("acknowledging", e))?;
-            let mut refs = txn
-                .open_table(REFS)
-                .map_err(|e| self.error("acknowledging", e))?;
-            let mut events = txn
-                .open_table(EVENTS)
-                .map_err(|e| self.error("acknowledging", e))?;
-            for seq in seqs {
-                if entries
-                    .remove((webhook, *seq))
-                    .map_err(|e| self.error("acknowledging", e))?
-                    .is_none()
-                {
-                    continue;
-                }
-                let left = refs
-                    .get(*seq)
-                    .map_err(|e| self.error("acknowledging", e))?
-                    .map(|v| v.value())
-                    .unwrap_or(1)
-                    .saturating_sub(1);
-                if left == 0 {
-                    refs.remove(*seq)
-                        .map_err(|e| self.error("acknowledging", e))?;
-                    if let Some(body) = events
-                        .remove(*seq)
-                        .map_err(|e| self.error("acknowledging", e))?
-                    {
-                        freed += body.value().len() as u64;
-                    }
-                } else {
-                    refs.insert(*seq, left)
-                        .map_err(|e| self.error("acknowledging", e))?;
-                }
-            }
+    fn release(&self, webhook: &str, seqs: &[u64], dead: bool) -> Result<(), OutboxError> {
+        let on_disk = self
+            .overlay
+            .lock()
+            .expect("not poisoned")
+            .release(webhook, seqs, dead);
+        if on_disk.is_empty() {
+            return Ok(());
         }
-        txn.commit().map_err(|e| self.error("committing", e))?;
-        self.bytes
-            .fetch_sub(freed.min(self.bytes()), Ordering::Relaxed);
+        // While the disk fails the acknowledgement waits in memory (a crash meanwhile
+        // only repeats those deliveries) instead of hammering the disk.
+        if !self.may_try() || self.release_on_disk(webhook, &on_disk, dead).is_err() {
+            self.deferred
+                .lock()
+                .expect("not poisoned")
+                .push((webhook.to_owned(), on_disk, dead));
+        }
+        Ok(())
+    }
+
+    fn release_on_disk(&self, webhook: &str, seqs: &[u64], dead: bool) -> Result<(), OutboxError> {
+        let freed = if dead {
+            self.write_db(|db| store::release(db, webhook, seqs, store::DEAD))?
+        } else {
+            self.write_db(|db| store::release(db, webhook, seqs, store::PENDING))?
+        };
+        let _ = self
+            .disk_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(freed))
+            });
         Ok(())
     }
 
     /// Moves pending events of a webhook to its dead letters with a reason.
     pub fn bury(&self, webhook: &str, seqs: &[u64], reason: &str) -> Result<(), OutboxError> {
-        self.failed(self.try_bury(webhook, seqs, reason))
-    }
-
-    fn try_bury(&self, webhook: &str, seqs: &[u64], reason: &str) -> Result<(), OutboxError> {
-        let mut txn = self
-            .database()?
-            .as_ref()
-            .expect("checked")
-            .begin_write()
-            .map_err(|e| self.error("burying", e))?;
-        txn.set_durability(Durability::Immediate);
-        {
-            let mut pending = txn
-                .open_table(PENDING)
-                .map_err(|e| self.error("burying", e))?;
-            let mut dead = txn.open_table(DEAD).map_err(|e| self.error("burying", e))?;
-            for seq in seqs {
-                if pending
-                    .remove((webhook, *seq))
-                    .map_err(|e| self.error("burying", e))?
-                    .is_some()
-                {
-                    dead.insert((webhook, *seq), reason)
-                        .map_err(|e| self.error("burying", e))?;
-                }
-            }
+        let on_disk = self
+            .overlay
+            .lock()
+            .expect("not poisoned")
+            .bury(webhook, seqs, reason);
+        if on_disk.is_empty() {
+            return Ok(());
         }
-        txn.commit().map_err(|e| self.error("committing", e))
+        self.write_db(|db| store::bury(db, webhook, &on_disk, reason))
     }
 
     /// Moves every dead letter of a webhook back to its pending events; returns them.
     pub fn replay(&self, webhook: &str) -> Result<Vec<Stored>, OutboxError> {
-        self.failed(self.try_replay(webhook))
+        let mut out = self.write_db(|db| store::replay(db, webhook))?;
+        out.extend(self.overlay.lock().expect("not poisoned").replay(webhook));
+        out.sort_by_key(|s| s.seq);
+        Ok(out)
     }
 
-    fn try_replay(&self, webhook: &str) -> Result<Vec<Stored>, OutboxError> {
-        let dead: Vec<Stored> = self.dead(webhook)?.into_iter().map(|(s, _)| s).collect();
-        let mut txn = self
-            .database()?
-            .as_ref()
-            .expect("checked")
-            .begin_write()
-            .map_err(|e| self.error("replaying", e))?;
-        txn.set_durability(Durability::Immediate);
-        {
-            let mut pending = txn
-                .open_table(PENDING)
-                .map_err(|e| self.error("replaying", e))?;
-            let mut table = txn
-                .open_table(DEAD)
-                .map_err(|e| self.error("replaying", e))?;
-            for stored in &dead {
-                table
-                    .remove((webhook, stored.seq))
-                    .map_err(|e| self.error("replaying", e))?;
-                pending
-                    .insert((webhook, stored.seq), 0)
-                    .map_err(|e| self.error("replaying", e))?;
-            }
-        }
-        txn.commit().map_err(|e| self.error("committing", e))?;
-        Ok(dead)
-    }
-
-    /// Number of stored events (for tests and metrics).
+    /// Number of stored and held events.
     pub fn len(&self) -> Result<u64, OutboxError> {
-        let read = self
-            .database()?
-            .as_ref()
-            .expect("checked")
-            .begin_read()
-            .map_err(|e| self.error("reading", e))?;
-        let events = read
-            .open_table(EVENTS)
-            .map_err(|e| self.error("reading", e))?;
-        events.len().map_err(|e| self.error("reading", e))
+        Ok(self.with_db(store::len)? + self.unwritten() as u64)
     }
 
-    /// Whether no event is stored.
+    /// Whether no event is stored or held.
     pub fn is_empty(&self) -> Result<bool, OutboxError> {
         Ok(self.len()? == 0)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn body(identifier: &str, n: u32) -> Vec<u8> {
-        format!(r#"{{"id":"{n}","timestamp":"2026-01-01T00:00:00Z","identifier":"{identifier}","event":"x"}}"#)
-            .into_bytes()
-    }
-
-    #[test]
-    fn append_ack_bury_replay_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(dir.path()).unwrap();
-        let bodies: Vec<Vec<u8>> = (0..3).map(|n| body("peer-a", n)).collect();
-        let incoming: Vec<Incoming> = bodies
-            .iter()
-            .map(|b| Incoming {
-                body: b,
-                identifier: "peer-a",
-                created_ms: 0,
-                webhooks: vec!["one", "two"],
-            })
-            .collect();
-        let seqs = outbox.append(&incoming).unwrap();
-        assert_eq!(seqs, [1, 2, 3]);
-        assert_eq!(outbox.pending("one").unwrap().len(), 3);
-        assert_eq!(outbox.pending("one").unwrap()[0].identifier, "peer-a");
-        outbox.ack("one", &[1, 2]).unwrap();
-        assert_eq!(outbox.len().unwrap(), 3, "two still needs them");
-        outbox.ack("two", &[1]).unwrap();
-        assert_eq!(outbox.len().unwrap(), 2);
-        outbox.bury("two", &[2], "400 Bad Request").unwrap();
-        assert_eq!(outbox.dead("two").unwrap()[0].1, "400 Bad Request");
-        drop(outbox);
-
-        let outbox = Outbox::open(dir.path()).unwrap();
-        let next = outbox
-            .append(&[Incoming {
-                body: &body("peer-b", 9),
-                identifier: "peer-b",
-                created_ms: 0,
-                webhooks: vec!["one"],
-            }])
-            .unwrap();
-        assert_eq!(next, [4], "sequence numbers continue after a reopen");
-        let replayed = outbox.replay("two").unwrap();
-        assert_eq!(replayed.iter().map(|s| s.seq).collect::<Vec<_>>(), [2]);
-        assert!(outbox.dead("two").unwrap().is_empty());
-        assert_eq!(
-            outbox
-                .pending("two")
-                .unwrap()
-                .iter()
-                .map(|s| s.seq)
-                .collect::<Vec<_>>(),
-            [2, 3]
-        );
-        let bytes_before = outbox.bytes();
-        outbox.ack("one", &[3, 4]).unwrap();
-        outbox.ack("two", &[2, 3]).unwrap();
-        assert!(outbox.is_empty().unwrap());
-        assert!(outbox.bytes() < bytes_before);
-        assert_eq!(outbox.bytes(), 0);
-    }
-}
+mod tests;

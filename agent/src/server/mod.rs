@@ -59,6 +59,8 @@ pub struct ApiState {
     pub api_token: Option<auth::Token>,
     /// Token of `/metrics`.
     pub metrics_token: Option<auth::Token>,
+    /// The event writer's health, if the agent runs one.
+    pub writer: Option<Arc<crate::sink::writer::WriterHealth>>,
 }
 
 /// A running listener; [`Server::shutdown`] stops it gracefully.

@@ -158,6 +158,9 @@ fn ready(state: &ApiState) -> Reply {
         (None, None) => reasons.push("WireGuard devices have not been read yet".into()),
         _ => {}
     }
+    if let Some(problem) = state.writer.as_ref().and_then(|w| w.problem()) {
+        reasons.push(problem);
+    }
     if let Some(err) = &status.persist_error {
         reasons.push(format!("the state directory is not writable: {err}"));
     }

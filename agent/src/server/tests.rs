@@ -36,6 +36,7 @@ impl Running {
             delivery: None,
             api_token: api_token.map(super::auth::Token::new),
             metrics_token: None,
+            writer: None,
         };
         let server = runtime
             .block_on(start(&config, state))

@@ -16,10 +16,9 @@ pub mod request;
 pub mod retry;
 pub mod sign;
 pub mod stats;
+pub mod writer;
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -61,9 +60,8 @@ pub enum SinkError {
     },
 }
 
-/// Most events held in memory while the outbox cannot be written (full or failing
-/// disk); beyond it the oldest are dropped and counted.
-pub const SPILL_LIMIT: usize = 100_000;
+/// How often the dead-letter retention rule runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// Most response body bytes read (and kept for `webhook test`).
 const BODY_LIMIT: usize = 64 * 1024;
@@ -136,9 +134,9 @@ struct Inner {
     hooks: Vec<Hook>,
     metrics: Metrics,
     stop: watch::Sender<bool>,
-    /// Events accepted while the outbox could not be written, oldest first.
-    spill: Mutex<VecDeque<Event>>,
-    spill_reported: AtomicBool,
+    retention: crate::outbox::retention::Retention,
+    /// Rate limit of the "delivered but not forgotten" error.
+    ack_errors: crate::throttle::LogThrottle,
 }
 
 /// Webhook delivery; cheap to clone.
@@ -156,10 +154,17 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
+/// The lane of an identifier: FNV-1a (64 bit) of its bytes modulo the lanes. A
+/// fixed, documented hash, so that an event reloaded from the outbox after a restart
+/// or an upgrade of Rust goes to the same lane as the events of its peer still
+/// arriving.
 fn lane_of(identifier: &str, lanes: usize) -> usize {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    identifier.hash(&mut hasher);
-    (hasher.finish() % lanes as u64) as usize
+    let hash = identifier
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    (hash % lanes as u64) as usize
 }
 
 fn now_ms() -> u64 {
@@ -226,9 +231,14 @@ impl Delivery {
             hooks,
             metrics: Metrics::new(registry),
             stop,
-            spill: Mutex::new(VecDeque::new()),
-            spill_reported: AtomicBool::new(false),
+            retention: crate::outbox::retention::Retention {
+                max_age: config.outbox.dead_letter_max_age,
+                max_bytes: (config.outbox.max_bytes as f64 * config.outbox.dead_letter_max_share)
+                    as u64,
+            },
+            ack_errors: crate::throttle::LogThrottle::new(Duration::from_secs(10)),
         });
+        report_damage(&inner);
         let mut tasks = Vec::new();
         for (h, hook) in inner.hooks.iter().enumerate() {
             for lane in 0..hook.wake.len() {
@@ -244,63 +254,13 @@ impl Delivery {
 
     /// Accepts events (blocking: call it from a thread, not a task): they are
     /// written to the outbox and fsynced before it returns, then delivered. When the
-    /// outbox cannot be written (full or failing disk) they are held in memory (up
-    /// to [`SPILL_LIMIT`]) and written as soon as it works again; never lost
-    /// silently: every drop is counted and logged.
+    /// disk cannot be written (full or failing) the outbox holds them in memory (up
+    /// to [`crate::outbox::MEMORY_LIMIT`]), they are delivered from there at once and
+    /// written as soon as the disk works again; never lost silently: every drop is
+    /// counted and logged.
     pub fn accept(&self, events: &[Event]) {
-        let mut spill = self.inner.spill.lock().expect("not poisoned");
-        if spill.is_empty() {
-            // The usual case: nothing held back, write these directly.
-            drop(spill);
-            if let Err(err) = self.write(events) {
-                self.hold(events.to_vec(), &err);
-            }
-            return;
-        }
-        spill.extend(events.iter().cloned());
-        let overflow = spill.len().saturating_sub(SPILL_LIMIT);
-        if overflow > 0 {
-            spill.drain(..overflow);
-            tracing::error!(
-                dropped = overflow,
-                "events dropped: the outbox cannot be written and the memory buffer is full"
-            );
-            for hook in &self.inner.hooks {
-                self.inner
-                    .metrics
-                    .dropped
-                    .with_label_values(&[&hook.target.name])
-                    .inc_by(overflow as u64);
-            }
-        }
-        let pending: Vec<Event> = spill.drain(..).collect();
-        drop(spill);
-        if let Err(err) = self.write(&pending) {
-            self.hold(pending, &err);
-        } else if self.inner.spill_reported.swap(false, Ordering::Relaxed) {
-            tracing::info!("the outbox is writable again; held events stored");
-            self.inner.metrics.spilled.set(0);
-        }
-    }
-
-    /// Keeps events the outbox could not take, in order, ahead of later ones.
-    fn hold(&self, events: Vec<Event>, err: &OutboxError) {
-        let mut spill = self.inner.spill.lock().expect("not poisoned");
-        for event in events.into_iter().rev() {
-            spill.push_front(event);
-        }
-        self.inner.metrics.spilled.set(spill.len() as i64);
-        if !self.inner.spill_reported.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                "{err}; holding {} events in memory and retrying every second",
-                spill.len()
-            );
-        }
-    }
-
-    fn write(&self, events: &[Event]) -> Result<(), OutboxError> {
         if events.is_empty() {
-            return Ok(());
+            return;
         }
         let inner = &self.inner;
         let bodies: Vec<Vec<u8>> = events
@@ -327,15 +287,15 @@ impl Delivery {
             .filter(|i| !i.webhooks.is_empty())
             .map(|i| i.body.len() as u64)
             .sum();
-        self.make_room(needed)?;
-        let seqs = inner.outbox.append(&incoming)?;
-        inner.metrics.outbox_bytes.set(inner.outbox.bytes() as i64);
+        self.make_room(needed);
+        let appended = inner.outbox.append(&incoming);
+        self.after_write(&appended.dropped);
         // Into each webhook's lanes under one lock per webhook, then one wake per lane.
         for hook in &inner.hooks {
             let lanes = hook.wake.len();
             let mut woken = vec![false; lanes];
             let mut state = hook.state.lock().expect("not poisoned");
-            for (item, seq) in incoming.iter().zip(&seqs) {
+            for (item, seq) in incoming.iter().zip(&appended.seqs) {
                 if !item.webhooks.contains(&hook.target.name.as_str()) {
                     continue;
                 }
@@ -355,58 +315,80 @@ impl Delivery {
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Gauges, counters and the one log line per change of the disk's state, after
+    /// a write or a flush.
+    fn after_write(&self, dropped: &[(String, u64)]) {
+        let inner = &self.inner;
+        for (webhook, count) in dropped {
+            tracing::error!(
+                webhook = %webhook,
+                dropped = count,
+                "events dropped: the disk cannot be written and the memory buffer is full"
+            );
+            inner
+                .metrics
+                .dropped
+                .with_label_values(&[webhook])
+                .inc_by(*count);
+            if let Some(hook) = self.hook(webhook) {
+                hook.state
+                    .lock()
+                    .expect("not poisoned")
+                    .stats
+                    .counters
+                    .dropped += count;
+            }
+        }
+        match inner.outbox.take_change() {
+            Some(crate::outbox::DiskChange::Failing(err)) => tracing::error!(
+                "{err}; holding events in memory (delivered from there meanwhile) and retrying the disk with back-off"
+            ),
+            Some(crate::outbox::DiskChange::Recovered(written)) => tracing::info!(
+                written,
+                "the outbox is writable again; events held in memory are stored"
+            ),
+            None => {}
+        }
+        inner.metrics.spilled.set(inner.outbox.unwritten() as i64);
+        inner.metrics.outbox_bytes.set(inner.outbox.bytes() as i64);
+    }
+
+    /// Events held in memory because the disk did not take them.
+    pub fn unwritten(&self) -> usize {
+        self.inner.outbox.unwritten()
     }
 
     /// The full-outbox policy: drop the oldest undelivered events of the webhook
-    /// with the most queued until `needed` bytes fit.
-    fn make_room(&self, needed: u64) -> Result<(), OutboxError> {
+    /// with the most queued until `needed` bytes fit; when nothing is queued, the
+    /// oldest dead letters make room instead (the outbox never grows past its limit
+    /// by more than the events being added).
+    fn make_room(&self, needed: u64) {
         let inner = &self.inner;
         let mut dropped = 0usize;
         while inner.outbox.bytes() + needed > inner.max_bytes {
-            let slowest = inner
-                .hooks
-                .iter()
-                .max_by_key(|h| {
-                    h.state
-                        .lock()
-                        .expect("not poisoned")
-                        .lanes
-                        .iter()
-                        .map(VecDeque::len)
-                        .sum::<usize>()
-                })
-                .filter(|h| {
-                    h.state
-                        .lock()
-                        .expect("not poisoned")
-                        .lanes
-                        .iter()
-                        .any(|l| !l.is_empty())
-                });
-            let Some(hook) = slowest else {
-                tracing::warn!(
-                    bytes = inner.outbox.bytes(),
-                    max_bytes = inner.max_bytes,
-                    "outbox over its limit with nothing queued to drop (dead letters take the room): storing anyway"
-                );
+            // The choice and the pop are one critical section per webhook: a lane may
+            // empty its queue between the choice and the pop, and then another
+            // webhook is chosen (nothing assumes the chosen one is still full).
+            let Some(hook) = fullest(&inner.hooks) else {
+                if !self.drop_oldest_dead() {
+                    tracing::warn!(
+                        bytes = inner.outbox.bytes(),
+                        max_bytes = inner.max_bytes,
+                        "outbox over its limit with nothing left to drop: storing anyway"
+                    );
+                    break;
+                }
+                continue;
+            };
+            let Some(oldest) = pop_oldest(&mut hook.state.lock().expect("not poisoned")) else {
+                continue;
+            };
+            if let Err(err) = inner.outbox.ack(&hook.target.name, &[oldest.seq]) {
+                tracing::error!(webhook = %hook.target.name, "dropping an event: {err}");
                 break;
-            };
-            let oldest = {
-                let mut state = hook.state.lock().expect("not poisoned");
-                let lane = state
-                    .lanes
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, l)| l.front().map(|s| (s.seq, i)))
-                    .min()
-                    .map(|(_, i)| i)
-                    .expect("a lane is not empty");
-                let stored = state.lanes[lane].pop_front().expect("not empty");
-                state.stats.counters.dropped += 1;
-                stored
-            };
-            inner.outbox.ack(&hook.target.name, &[oldest.seq])?;
+            }
             inner
                 .metrics
                 .dropped
@@ -421,7 +403,59 @@ impl Delivery {
                 "outbox full: dropped the oldest undelivered events of the slowest webhook"
             );
         }
-        Ok(())
+    }
+
+    /// Forgets the oldest dead letter of any webhook; false when there is none.
+    fn drop_oldest_dead(&self) -> bool {
+        let inner = &self.inner;
+        let oldest = inner
+            .hooks
+            .iter()
+            .filter_map(|h| {
+                let dead = inner.outbox.dead(&h.target.name).ok()?;
+                dead.first().map(|(s, _)| (s.seq, h))
+            })
+            .min_by_key(|(seq, _)| *seq);
+        let Some((seq, hook)) = oldest else {
+            return false;
+        };
+        if inner.outbox.forget_dead(&hook.target.name, &[seq]).is_err() {
+            return false;
+        }
+        {
+            let mut state = hook.state.lock().expect("not poisoned");
+            state.dead_letters = state.dead_letters.saturating_sub(1);
+        }
+        inner
+            .metrics
+            .dead_expired
+            .with_label_values(&[&hook.target.name, "outbox_full"])
+            .inc();
+        true
+    }
+
+    /// Applies the dead-letter retention rule now.
+    pub fn expire_dead_letters(&self) {
+        let inner = &self.inner;
+        let names: Vec<&str> = inner.hooks.iter().map(|h| h.target.name.as_str()).collect();
+        match inner.outbox.expire_dead(&names, inner.retention, now_ms()) {
+            Ok(forgotten) => {
+                for ((webhook, why), count) in forgotten {
+                    tracing::info!(webhook = %webhook, count, reason = why.label(), "dead letters forgotten by the retention rule");
+                    inner
+                        .metrics
+                        .dead_expired
+                        .with_label_values(&[&webhook, why.label()])
+                        .inc_by(count);
+                    if let Some(hook) = self.hook(&webhook) {
+                        let mut state = hook.state.lock().expect("not poisoned");
+                        state.dead_letters = state.dead_letters.saturating_sub(count as usize);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!("dead-letter retention: {err}"),
+        }
+        inner.metrics.outbox_bytes.set(inner.outbox.bytes() as i64);
     }
 
     /// Every webhook's state.
@@ -537,6 +571,73 @@ impl Delivery {
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for task in tasks {
         let _ = task.await;
+    }
+}
+
+/// The webhook with the most events queued, if any has one.
+fn fullest(hooks: &[Hook]) -> Option<&Hook> {
+    hooks
+        .iter()
+        .map(|h| (queued(&h.state.lock().expect("not poisoned")), h))
+        .filter(|(queued, _)| *queued > 0)
+        .max_by_key(|(queued, _)| *queued)
+        .map(|(_, h)| h)
+}
+
+fn queued(state: &HookState) -> usize {
+    state.lanes.iter().map(VecDeque::len).sum()
+}
+
+/// Takes the oldest queued event of a webhook (across its lanes) out of its queue,
+/// counted as dropped; `None` when the queue is empty by now.
+fn pop_oldest(state: &mut HookState) -> Option<Stored> {
+    let lane = state
+        .lanes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| l.front().map(|s| (s.seq, i)))
+        .min()
+        .map(|(_, i)| i)?;
+    let stored = state.lanes[lane].pop_front()?;
+    state.stats.counters.dropped += 1;
+    Some(stored)
+}
+
+/// Says loudly what was wrong with a damaged outbox found at start, and counts it.
+fn report_damage(inner: &Inner) {
+    let Some(damage) = inner.outbox.damage() else {
+        return;
+    };
+    let cause = if damage.aside.is_some() {
+        "unreadable"
+    } else {
+        "empty"
+    };
+    inner
+        .metrics
+        .outbox_damaged
+        .with_label_values(&[cause])
+        .inc();
+    let aside = damage
+        .aside
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(nothing to keep)".into());
+    match damage.salvaged {
+        Some(salvaged) => {
+            inner.metrics.outbox_salvaged.inc_by(salvaged as u64);
+            tracing::error!(
+                cause = %damage.cause,
+                moved_to = %aside,
+                salvaged,
+                "THE OUTBOX FILE WAS DAMAGED: moved aside, started a fresh one; the events it still held are queued again (any others are lost)"
+            );
+        }
+        None => tracing::error!(
+            cause = %damage.cause,
+            moved_to = %aside,
+            "THE OUTBOX FILE WAS DAMAGED: moved aside, started a fresh one; nothing could be read back, so its undelivered events (how many is unknown) are lost"
+        ),
     }
 }
 
@@ -798,7 +899,9 @@ async fn run_lane(inner: Arc<Inner>, h: usize, lane: usize) {
                     message: e.to_string(),
                 }) {
                     // Delivered but not forgotten: it may be delivered again (same id).
-                    tracing::error!(webhook = %name, "{err}");
+                    if let Some(suppressed) = inner.ack_errors.allow(Instant::now()) {
+                        tracing::error!(webhook = %name, suppressed, "{err}");
+                    }
                 }
                 remove(hook, lane, &seqs);
                 inner.metrics.outbox_bytes.set(inner.outbox.bytes() as i64);
@@ -866,6 +969,8 @@ async fn housekeeping(inner: Arc<Inner>) {
         inner: inner.clone(),
         tasks: Arc::default(),
     };
+    // The first pass runs at once: dead letters past their age go at start.
+    let mut last_retention = Instant::now() - RETENTION_EVERY;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -884,10 +989,19 @@ async fn housekeeping(inner: Arc<Inner>) {
                 .with_label_values(&[&status.name])
                 .set(status.oldest_queued_age_seconds);
         }
-        let held = !inner.spill.lock().expect("not poisoned").is_empty();
-        if held {
+        if inner.outbox.unwritten() > 0 {
+            // The outbox keeps its own back-off: most of these calls do nothing.
             let delivery = delivery.clone();
-            let _ = tokio::task::spawn_blocking(move || delivery.accept(&[])).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = delivery.inner.outbox.flush();
+                delivery.after_write(&[]);
+            })
+            .await;
+        }
+        if last_retention.elapsed() >= RETENTION_EVERY {
+            last_retention = Instant::now();
+            let delivery = delivery.clone();
+            let _ = tokio::task::spawn_blocking(move || delivery.expire_dead_letters()).await;
         }
     }
 }
@@ -898,9 +1012,50 @@ mod tests {
 
     #[test]
     fn lanes_are_stable_per_identifier() {
-        assert_eq!(lane_of("peer-a", 4), lane_of("peer-a", 4));
+        // Values from an independent FNV-1a implementation (Python).
+        assert_eq!(lane_of("peer-a", 4), 3);
+        assert_eq!(lane_of("peer-a", 7), 4);
+        assert_eq!(
+            lane_of("LXYw72SS8k55FzfXTwoCDiHaVLr4hwAtu3KqfWqKi3M=", 4),
+            1
+        );
+        assert_eq!(
+            lane_of("LXYw72SS8k55FzfXTwoCDiHaVLr4hwAtu3KqfWqKi3M=", 7),
+            3
+        );
         let lanes: HashSet<usize> = (0..100).map(|i| lane_of(&format!("p{i}"), 4)).collect();
         assert_eq!(lanes.len(), 4, "identifiers spread over the lanes");
+    }
+
+    fn stored(seq: u64) -> Stored {
+        Stored {
+            seq,
+            identifier: "x".into(),
+            created_ms: 0,
+            size: 100,
+        }
+    }
+
+    #[test]
+    fn a_lane_emptied_between_the_choice_and_the_pop_is_no_panic() {
+        let mut state = HookState {
+            lanes: vec![
+                VecDeque::from([stored(5)]),
+                VecDeque::from([stored(2), stored(7)]),
+            ],
+            ..Default::default()
+        };
+        // The policy chose this webhook (it had events)...
+        assert_eq!(queued(&state), 3);
+        assert_eq!(
+            pop_oldest(&mut state).map(|s| s.seq),
+            Some(2),
+            "the oldest across lanes"
+        );
+        // ...and its lanes delivered everything before the pop: nothing to take.
+        state.lanes.iter_mut().for_each(VecDeque::clear);
+        assert_eq!(pop_oldest(&mut state), None);
+        assert_eq!(state.stats.counters.dropped, 1);
     }
 
     #[test]

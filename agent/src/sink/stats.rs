@@ -4,7 +4,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use serde::Serialize;
 
 /// How many recent deliveries each webhook remembers.
@@ -118,6 +120,12 @@ pub struct Metrics {
     pub outbox_bytes: IntGauge,
     /// Events the outbox could not store (disk failing) and held in memory.
     pub spilled: IntGauge,
+    /// Dead letters forgotten by the retention rule, per webhook and reason.
+    pub dead_expired: IntCounterVec,
+    /// Outbox files found damaged at start (set aside and salvaged), by cause.
+    pub outbox_damaged: IntCounterVec,
+    /// Events salvaged from a damaged outbox file at start.
+    pub outbox_salvaged: IntCounter,
 }
 
 impl Metrics {
@@ -166,6 +174,21 @@ impl Metrics {
                 "Events held in memory because the outbox could not be written (full or failing disk).",
             )
             .expect("valid metric"),
+            dead_expired: IntCounterVec::new(
+                Opts::new("wgpulse_outbox_dead_letters_expired_total", "Dead letters forgotten by the retention rule (reason: age or share)."),
+                &["webhook", "reason"],
+            )
+            .expect("valid metric"),
+            outbox_damaged: IntCounterVec::new(
+                Opts::new("wgpulse_outbox_damaged_total", "Outbox files found damaged at start and set aside (cause: unreadable or empty)."),
+                &["cause"],
+            )
+            .expect("valid metric"),
+            outbox_salvaged: IntCounter::new(
+                "wgpulse_outbox_salvaged_events_total",
+                "Events read back from a damaged outbox file and stored again.",
+            )
+            .expect("valid metric"),
         };
         for collector in [
             Box::new(metrics.requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -177,6 +200,9 @@ impl Metrics {
             Box::new(metrics.dropped.clone()),
             Box::new(metrics.outbox_bytes.clone()),
             Box::new(metrics.spilled.clone()),
+            Box::new(metrics.dead_expired.clone()),
+            Box::new(metrics.outbox_damaged.clone()),
+            Box::new(metrics.outbox_salvaged.clone()),
         ] {
             let _ = registry.register(collector);
         }
