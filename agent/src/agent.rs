@@ -20,6 +20,7 @@ use crate::links;
 use crate::loader::{Datapath, DeviceIds, LoadOptions, LoaderError};
 use crate::peers::names::NamesWatcher;
 use crate::peers::persist::{PersistError, StateFile};
+use crate::peers::save_schedule::SaveSchedule;
 use crate::peers::{Change, ChangeKind, PeerTable, WireSample};
 use crate::snapshot::{DatapathMessage, SessionNotice, Snapshot};
 use crate::status::{AgentStatus, Shared};
@@ -38,10 +39,6 @@ pub enum AgentError {
     #[error("starting the {0} thread: {1}")]
     Thread(&'static str, #[source] std::io::Error),
 }
-
-/// How often the peer state is saved when only counters changed (a crash loses at
-/// most this much of the counters; transitions are saved at once).
-const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long the pipeline waits for its events to reach the outbox before saving.
 const STORE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -151,7 +148,8 @@ pub fn start(
         node: config.node_id(),
         alerts: AlertEngine::new(config.alerts.clone()),
         names: config.peers_file.clone().map(NamesWatcher::new),
-        last_saved: Instant::now(),
+        saves: SaveSchedule::new(Instant::now()),
+        save_throttle: crate::throttle::LogThrottle::new(Duration::from_secs(60)),
         config,
         datapath,
         ids: DeviceIds::default(),
@@ -220,7 +218,9 @@ struct Pipeline {
     state_file: StateFile,
     alerts: AlertEngine,
     names: Option<NamesWatcher>,
-    last_saved: Instant,
+    saves: SaveSchedule,
+    /// Rate limit of "events not stored yet: the save waits".
+    save_throttle: crate::throttle::LogThrottle,
 }
 
 impl Pipeline {
@@ -246,6 +246,9 @@ impl Pipeline {
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
                 timeout = timeout.min(until);
+            }
+            if let Some(due) = self.saves.due() {
+                timeout = timeout.min(due.saturating_duration_since(Instant::now()));
             }
             let mut refresh_now = false;
             match receive.recv_timeout(timeout) {
@@ -282,6 +285,9 @@ impl Pipeline {
                 table_changed = false;
                 self.emit(changes);
             }
+            if self.saves.is_due(Instant::now()) {
+                self.save();
+            }
         }
         self.save();
         self.datapath.detach_all();
@@ -301,9 +307,8 @@ impl Pipeline {
         }
     }
 
-    /// Sends the changes as events, in order (blocking while the queue is full), then
-    /// saves the state. Sending first means a crash in between repeats an event at the
-    /// next start rather than losing it.
+    /// Sends the changes as events, in order (blocking while the queue is full), and
+    /// schedules a save of the state (see [`SaveSchedule`]).
     fn emit(&mut self, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
@@ -323,13 +328,7 @@ impl Pipeline {
             }
         }
         self.raise(alerts);
-        // The state describing the change is saved only once its events are in the
-        // outbox: a crash in between repeats an event at the next start, never
-        // loses one.
-        if !self.events.wait_stored(STORE_TIMEOUT) {
-            tracing::error!("events not stored within {STORE_TIMEOUT:?}: saving the state anyway");
-        }
-        self.save();
+        self.saves.changed(Instant::now());
     }
 
     fn send(&self, event: events::Event) {
@@ -369,13 +368,28 @@ impl Pipeline {
         }
     }
 
+    /// Writes the state, but only once every event sent so far is stored durably:
+    /// the state describing a change is saved only after its events are in the
+    /// outbox, so a crash in between repeats an event at the next start, never loses
+    /// one. Until then, and after a failed write, the schedule tries again later.
     fn save(&mut self) {
-        self.last_saved = Instant::now();
+        if !self.events.wait_stored(STORE_TIMEOUT) || !self.events.all_durable() {
+            if let Some(suppressed) = self.save_throttle.allow(Instant::now()) {
+                tracing::warn!(
+                    suppressed,
+                    "the peer state waits to be saved: its events are not on disk yet"
+                );
+            }
+            self.saves.saved(Instant::now(), false);
+            return;
+        }
         let state = self.table().save(SystemTime::now());
         let result = self.state_file.save(&state);
+        self.saves.saved(Instant::now(), result.is_ok());
         let mut status = self.shared.status.write().expect("not poisoned");
         match result {
             Ok(()) => {
+                status.persist_saves += 1;
                 if status.persist_error.take().is_some() {
                     tracing::info!("peer state saved again");
                 }
@@ -383,7 +397,9 @@ impl Pipeline {
             Err(err) => {
                 status.persist_failures += 1;
                 if status.persist_error.is_none() {
-                    tracing::error!("saving peer state (kept in memory, retried at the next change or read): {err}");
+                    tracing::error!(
+                        "saving peer state (kept in memory, retried with back-off): {err}"
+                    );
                 }
                 status.persist_error = Some(err.to_string());
             }
@@ -463,9 +479,9 @@ impl Pipeline {
         }
         if !changes.is_empty() {
             self.emit(changes);
-        } else if self.last_saved.elapsed() >= STATE_SAVE_INTERVAL {
-            // Counters only: saved now and then (transitions are saved at once).
-            self.save();
+        } else {
+            // Counters only: saved now and then.
+            self.saves.counters_moved(Instant::now());
         }
         if self.observer.is_some() {
             self.observe(Observation::Devices(self.devices.clone()));

@@ -86,8 +86,8 @@ pub struct Drain {
     sequence: u64,
     /// The raw per-endpoint values of the last drain and the drain that saw them.
     last_raw: FastMap<EndpointKey, (EndpointStats, u64)>,
-    /// Totals of earlier incarnations of a key (evicted, re-created).
-    carried: FastMap<EndpointKey, EndpointStats>,
+    /// Totals of earlier incarnations of a key (evicted, re-created), bounded.
+    carried: Carried,
     /// (device, local index) of recently completed handshakes, to drop duplicates.
     completed: HashMap<(u32, u32), Instant>,
 }
@@ -130,7 +130,7 @@ impl Drain {
             batch_values: Vec::new(),
             sequence: 0,
             last_raw: FastMap::default(),
-            carried: FastMap::default(),
+            carried: Carried::new(capacity as usize),
             completed: HashMap::new(),
         })
     }
@@ -240,7 +240,7 @@ impl Drain {
         };
         let raw = self.read_endpoints()?;
         let map_entries = raw.len();
-        let mut samples = Vec::with_capacity(raw.len() + self.carried.len());
+        let mut samples = Vec::with_capacity(raw.len());
         let seen = self.sequence + 1;
         for (key, now) in &raw {
             let Some(endpoint) = Endpoint::from_key(key) else {
@@ -254,16 +254,12 @@ impl Drain {
             *slot = (*now, seen);
             let delta = if went_backwards(now, &before) {
                 // The entry was deleted and re-created: bank the old incarnation.
-                merge_stats(self.carried.entry(*key).or_default(), &before);
+                self.carried.bank(key, &before);
                 *now
             } else {
                 stats_delta(now, &before)
             };
-            let mut totals = if self.carried.is_empty() {
-                EndpointStats::default()
-            } else {
-                self.carried.get(key).copied().unwrap_or_default()
-            };
+            let mut totals = self.carried.get(key);
             merge_stats(&mut totals, now);
             samples.push(EndpointSample {
                 endpoint,
@@ -275,24 +271,24 @@ impl Drain {
                     .wall(now.rx.last_handshake_ns.max(now.tx.last_handshake_ns)),
             });
         }
-        // Keys gone from the map (evicted) keep their totals in `carried`.
-        let carried = &mut self.carried;
+        // Keys gone from the map since the last drain keep their totals in
+        // `carried` (in case they come back) and appear once more, in this snapshot
+        // only: a snapshot is not a growing list of every endpoint ever seen.
+        let mut gone = Vec::new();
         self.last_raw.retain(|key, (last, at)| {
             if *at == seen {
                 return true;
             }
-            merge_stats(carried.entry(*key).or_default(), last);
+            gone.push((*key, *last));
             false
         });
-        // Evicted endpoints that are not in the map still appear with their totals.
-        for (key, totals) in &self.carried {
-            if self.last_raw.contains_key(key) {
-                continue;
-            }
-            if let Some(endpoint) = Endpoint::from_key(key) {
+        for (key, last) in gone {
+            self.carried.bank(&key, &last);
+            if let Some(endpoint) = Endpoint::from_key(&key) {
+                let totals = self.carried.get(&key);
                 samples.push(EndpointSample {
                     endpoint,
-                    totals: *totals,
+                    totals,
                     delta: EndpointStats::default(),
                     last_rx: clock.wall(totals.rx.last_packet_ns),
                     last_tx: clock.wall(totals.tx.last_packet_ns),
@@ -330,7 +326,7 @@ impl Drain {
                 && self.endpoints.remove(key).is_ok()
             {
                 if let Some((last, _)) = self.last_raw.remove(key) {
-                    merge_stats(self.carried.entry(*key).or_default(), &last);
+                    self.carried.bank(key, &last);
                 }
                 evicted += 1;
             }
@@ -563,9 +559,84 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// Totals of endpoints that left the map (evicted idle, or deleted and re-created),
+/// so that a key coming back continues its totals. Bounded by the map's capacity:
+/// beyond it the entries idle longest are forgotten (the peers' counters, built from
+/// deltas, stay exact; only such an endpoint's own running total would restart).
+struct Carried {
+    limit: usize,
+    totals: FastMap<EndpointKey, EndpointStats>,
+}
+
+impl Carried {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            totals: FastMap::default(),
+        }
+    }
+
+    /// Adds a departed incarnation's counters to the key's carried totals.
+    fn bank(&mut self, key: &EndpointKey, stats: &EndpointStats) {
+        merge_stats(self.totals.entry(*key).or_default(), stats);
+        if self.totals.len() > self.limit + self.limit / 8 {
+            // Amortised: prune to the limit once it is exceeded by an eighth.
+            let mut by_age: Vec<(u64, EndpointKey)> = self
+                .totals
+                .iter()
+                .map(|(k, s)| (s.rx.last_packet_ns.max(s.tx.last_packet_ns), *k))
+                .collect();
+            by_age.sort_unstable_by_key(|(last, _)| *last);
+            let excess = self.totals.len() - self.limit;
+            for (_, key) in by_age.into_iter().take(excess) {
+                self.totals.remove(&key);
+            }
+        }
+    }
+
+    /// The carried totals of a key (zero if none).
+    fn get(&self, key: &EndpointKey) -> EndpointStats {
+        if self.totals.is_empty() {
+            return EndpointStats::default();
+        }
+        self.totals.get(key).copied().unwrap_or_default()
+    }
+
+    fn len(&self) -> usize {
+        self.totals.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(port: u16) -> EndpointKey {
+        Endpoint {
+            device: 1,
+            addr: std::net::SocketAddr::from(([10, 0, 0, 1], port)),
+        }
+        .to_key()
+    }
+
+    #[test]
+    fn carried_totals_are_bounded_and_keep_the_recent_ones() {
+        let mut carried = Carried::new(100);
+        for port in 0..1000u16 {
+            let mut stats = EndpointStats::default();
+            stats.rx.packets = 1;
+            stats.rx.last_packet_ns = u64::from(port);
+            carried.bank(&key(port), &stats);
+            assert!(carried.len() <= 100 + 100 / 8 + 1, "{}", carried.len());
+        }
+        assert_eq!(carried.get(&key(999)).rx.packets, 1, "recent kept");
+        assert_eq!(carried.get(&key(0)).rx.packets, 0, "oldest forgotten");
+        let mut again = EndpointStats::default();
+        again.rx.packets = 4;
+        again.rx.last_packet_ns = 5000;
+        carried.bank(&key(999), &again);
+        assert_eq!(carried.get(&key(999)).rx.packets, 5, "totals add up");
+    }
 
     #[test]
     fn a_recreated_entry_is_detected() {

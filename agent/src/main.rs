@@ -73,6 +73,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let delivery = wgpulse::sink::Delivery::start(&config, runtime.handle(), &registry)
         .context("starting webhook delivery")?;
     let (events, received, stored) = wgpulse::events::EventQueue::durable(EVENT_QUEUE);
+    let events = {
+        let delivery = delivery.clone();
+        events.with_unwritten(std::sync::Arc::new(move || delivery.unwritten()))
+    };
     let writer_health = std::sync::Arc::new(wgpulse::sink::writer::WriterHealth::default());
     let consumer =
         wgpulse::sink::writer::spawn(delivery.clone(), received, stored, writer_health.clone())

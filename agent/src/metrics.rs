@@ -185,6 +185,15 @@ impl Collector for AgentCollector {
             },
         );
         out.counter(
+            "wgpulse_state_saves_total",
+            "Writes of the peer state file.",
+            &[],
+            |vec| {
+                vec.with_label_values(&[] as &[&str])
+                    .inc_by(status.persist_saves);
+            },
+        );
+        out.counter(
             "wgpulse_state_save_failures_total",
             "Failed writes of the peer state file.",
             &[],

@@ -29,6 +29,8 @@ pub struct AgentStatus {
     pub persist_error: Option<String>,
     /// State-file writes that failed.
     pub persist_failures: u64,
+    /// State-file writes that succeeded.
+    pub persist_saves: u64,
     /// Why the peers file could not be read (the previous names stay in force).
     pub names_error: Option<String>,
     /// Alerts raised, by type.

@@ -23,6 +23,7 @@ pub mod names;
 pub mod netns;
 pub mod process;
 pub mod receiver;
+pub mod tmpfs;
 pub mod traffic;
 pub mod wgshow;
 pub mod wireguard;

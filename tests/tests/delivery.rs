@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use wgpulse::config::Config;
 use wgpulse::events::Event;
 use wgpulse::sink::Delivery;
-use wgpulse_tests::process::{run, try_run, wait_for};
+use wgpulse_tests::process::wait_for;
 use wgpulse_tests::receiver::{tls_config, Receiver, Reply};
 
 /// A delivery with its own runtime, registry and state directory.
@@ -587,35 +587,10 @@ fn a_dead_letter_flood_keeps_the_outbox_within_its_limit() {
     assert_eq!(status.dead_letters as f64 + expired, 200.0, "{status:?}");
 }
 
-/// A small tmpfs mounted for the test and unmounted on drop (also on panic).
-struct Tmpfs(std::path::PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn a_full_disk_delivers_from_memory_and_stores_what_is_still_owed_once_there_is_room() {
-    let mount = std::env::temp_dir().join(wgpulse_tests::unique_name("wgpd"));
-    std::fs::create_dir_all(&mount).unwrap();
-    run(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=2m",
-            "tmpfs",
-            mount.to_str().unwrap(),
-        ],
-    );
-    let tmpfs = Tmpfs(mount.clone());
+    let tmpfs = wgpulse_tests::tmpfs::Tmpfs::mount("2m");
+    let mount = tmpfs.path().to_owned();
     let receiver = Receiver::start();
     let down = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -627,27 +602,9 @@ fn a_full_disk_delivers_from_memory_and_stores_what_is_still_owed_once_there_is_
             receiver.url()
         ),
         "",
-        Some(&tmpfs.0),
+        Some(&mount),
     );
-    // Fill the disk.
-    let filler = mount.join("filler");
-    let _ = try_run(
-        "dd",
-        &[
-            "if=/dev/zero",
-            &format!("of={}", filler.display()),
-            "bs=64k",
-            "count=64",
-        ],
-    );
-    let _ = std::process::Command::new("dd")
-        .args([
-            "if=/dev/zero",
-            &format!("of={}.2", filler.display()),
-            "bs=4k",
-        ])
-        .stderr(std::process::Stdio::null())
-        .status();
+    tmpfs.fill();
     let events: Vec<Event> = (0..50)
         .map(|n| {
             let mut e = event("peer-a", n);

@@ -7,7 +7,7 @@ pub mod queue;
 
 use serde::{Deserialize, Serialize};
 
-pub use queue::{EventQueue, QueueClosed, QueueStats, StoredHandle};
+pub use queue::{EventQueue, QueueClosed, QueueStats, StoredHandle, UnwrittenProbe};
 
 use crate::peers::{Change, ChangeKind};
 

@@ -72,12 +72,25 @@ impl StoredHandle {
     }
 }
 
+/// How many stored events are held only in memory (a full disk), for
+/// [`EventQueue::all_durable`].
+pub type UnwrittenProbe = Arc<dyn Fn() -> usize + Send + Sync>;
+
 /// The producer side.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EventQueue {
     sender: Sender<Event>,
     stats: Arc<QueueStats>,
     progress: Option<Arc<Progress>>,
+    unwritten: Option<UnwrittenProbe>,
+}
+
+impl std::fmt::Debug for EventQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventQueue")
+            .field("durable", &self.progress.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl EventQueue {
@@ -89,6 +102,7 @@ impl EventQueue {
                 sender,
                 stats: Arc::default(),
                 progress: None,
+                unwritten: None,
             },
             receiver,
         )
@@ -100,6 +114,18 @@ impl EventQueue {
         let progress = Arc::new(Progress::default());
         queue.progress = Some(progress.clone());
         (queue, receiver, StoredHandle { progress })
+    }
+
+    /// Tells the queue how to ask its consumer for events it stored only in memory.
+    pub fn with_unwritten(mut self, probe: UnwrittenProbe) -> Self {
+        self.unwritten = Some(probe);
+        self
+    }
+
+    /// Whether nothing the consumer stored is held only in memory (always true
+    /// without a probe).
+    pub fn all_durable(&self) -> bool {
+        self.unwritten.as_ref().is_none_or(|probe| probe() == 0)
     }
 
     /// Waits until the consumer has stored every event sent so far (at most

@@ -32,6 +32,7 @@
 
 pub mod names;
 pub mod persist;
+pub mod save_schedule;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

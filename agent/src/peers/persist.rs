@@ -113,32 +113,53 @@ impl StateFile {
         Ok(aside)
     }
 
-    /// Writes the state atomically and durably.
+    /// Writes the state atomically and durably. A failed write (a full disk) leaves
+    /// the old file and no temporary behind.
     pub fn save(&self, state: &SavedState) -> Result<(), PersistError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
+        let temporary = self.path.with_extension("json.tmp");
+        let result = self.write_temporary(dir, &temporary, state).and_then(|()| {
+            fs::rename(&temporary, &self.path).map_err(|source| PersistError::Io {
+                op: "renaming over",
+                path: self.path.clone(),
+                source,
+            })
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&temporary);
+            return result;
+        }
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| PersistError::Io {
+                op: "syncing",
+                path: dir.to_owned(),
+                source,
+            })
+    }
+
+    fn write_temporary(
+        &self,
+        dir: &Path,
+        temporary: &Path,
+        state: &SavedState,
+    ) -> Result<(), PersistError> {
         let io = |op: &'static str, path: &Path| {
             let path = path.to_owned();
             move |source| PersistError::Io { op, path, source }
         };
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        let temporary = self.path.with_extension("json.tmp");
-        let file = File::create(&temporary).map_err(io("creating", &temporary))?;
+        let file = File::create(temporary).map_err(io("creating", temporary))?;
         // Streamed: no second copy of the whole state in memory.
         let mut writer = std::io::BufWriter::new(file);
         serde_json::to_writer(&mut writer, state)
             .map_err(|e| std::io::Error::other(e.to_string()))
-            .map_err(io("writing", &temporary))?;
+            .map_err(io("writing", temporary))?;
         let file = writer
             .into_inner()
             .map_err(|e| e.into_error())
-            .map_err(io("writing", &temporary))?;
-        file.sync_all().map_err(io("syncing", &temporary))?;
-        drop(file);
-        fs::rename(&temporary, &self.path).map_err(io("renaming over", &self.path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing", dir))?;
-        Ok(())
+            .map_err(io("writing", temporary))?;
+        file.sync_all().map_err(io("syncing", temporary))
     }
 }
 

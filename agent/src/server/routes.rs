@@ -161,6 +161,14 @@ fn ready(state: &ApiState) -> Reply {
     if let Some(problem) = state.writer.as_ref().and_then(|w| w.problem()) {
         reasons.push(problem);
     }
+    if let Some(delivery) = &state.delivery {
+        let unwritten = delivery.unwritten();
+        if unwritten > 0 {
+            reasons.push(format!(
+                "the outbox cannot be written: {unwritten} events are held in memory"
+            ));
+        }
+    }
     if let Some(err) = &status.persist_error {
         reasons.push(format!("the state directory is not writable: {err}"));
     }

@@ -1,0 +1,129 @@
+//! When the peer state is written: not after every batch of changes (at 10k peers
+//! that is megabytes of JSON and two fsyncs on nearly every drain, which backs up the
+//! drain channel) but at most once per [`COALESCE`] after a change, every
+//! [`COUNTERS_EVERY`] when only counters moved, and — after a failed write — again
+//! with back-off until the disk takes it, whether or not anything else changes. The
+//! crash guarantee is kept by the caller: a save waits until the events describing
+//! the saved changes are stored.
+
+use std::time::{Duration, Instant};
+
+/// Longest a changed state waits before it is written.
+pub const COALESCE: Duration = Duration::from_secs(2);
+
+/// How often the state is written when only counters changed.
+pub const COUNTERS_EVERY: Duration = Duration::from_secs(60);
+
+/// First and longest wait before a failed write is tried again.
+const RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// The schedule of state writes.
+#[derive(Debug)]
+pub struct SaveSchedule {
+    last_saved: Instant,
+    /// When the pending save is due (`None`: nothing to save).
+    due: Option<Instant>,
+    retry: Duration,
+}
+
+impl SaveSchedule {
+    /// Nothing to save; `now` counts as the last save.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            last_saved: now,
+            due: None,
+            retry: Duration::ZERO,
+        }
+    }
+
+    /// Peers or devices changed: a save within [`COALESCE`].
+    pub fn changed(&mut self, now: Instant) {
+        let due = now + COALESCE;
+        self.due = Some(self.due.map_or(due, |d| d.min(due)));
+    }
+
+    /// Counters moved (a device read): a save if the last one is old enough.
+    pub fn counters_moved(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_saved) >= COUNTERS_EVERY {
+            self.due = Some(self.due.map_or(now, |d| d.min(now)));
+        }
+    }
+
+    /// When a save is due, if one is.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// Whether a save is due now.
+    pub fn is_due(&self, now: Instant) -> bool {
+        self.due.is_some_and(|due| now >= due)
+    }
+
+    /// A save ran: done, or (failed, or had to wait for events to be stored) again
+    /// after a back-off.
+    pub fn saved(&mut self, now: Instant, ok: bool) {
+        if ok {
+            self.last_saved = now;
+            self.due = None;
+            self.retry = Duration::ZERO;
+        } else {
+            self.retry = (self.retry * 2).clamp(RETRY.0, RETRY.1);
+            self.due = Some(now + self.retry);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_changes_is_one_write() {
+        let start = Instant::now();
+        let mut schedule = SaveSchedule::new(start);
+        let mut writes = 0;
+        // A change at every 100 ms drain for ten seconds.
+        for tick in 0..100 {
+            let now = start + Duration::from_millis(100 * tick);
+            schedule.changed(now);
+            if schedule.is_due(now) {
+                schedule.saved(now, true);
+                writes += 1;
+            }
+        }
+        assert_eq!(writes, 4, "one write per two seconds, not 100");
+        assert!(
+            schedule.due().is_some(),
+            "the last changes are still to be written"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_with_back_off_without_a_new_change() {
+        let start = Instant::now();
+        let mut schedule = SaveSchedule::new(start);
+        schedule.changed(start);
+        let mut now = start + COALESCE;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            assert!(schedule.is_due(now));
+            schedule.saved(now, false);
+            let due = schedule.due().unwrap();
+            waits.push((due - now).as_secs());
+            now = due;
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        schedule.saved(now, true);
+        assert_eq!(schedule.due(), None);
+    }
+
+    #[test]
+    fn counters_alone_are_written_once_a_minute() {
+        let start = Instant::now();
+        let mut schedule = SaveSchedule::new(start);
+        schedule.counters_moved(start + Duration::from_secs(30));
+        assert_eq!(schedule.due(), None);
+        schedule.counters_moved(start + COUNTERS_EVERY);
+        assert!(schedule.is_due(start + COUNTERS_EVERY));
+    }
+}
