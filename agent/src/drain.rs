@@ -602,6 +602,7 @@ impl Carried {
         self.totals.get(key).copied().unwrap_or_default()
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.totals.len()
     }

@@ -626,8 +626,7 @@ fn a_full_disk_delivers_from_memory_and_stores_what_is_still_owed_once_there_is_
         "still owed to the webhook that is down: held, counted as unwritten"
     );
     assert_eq!(harness.status("down").queued, 50);
-    std::fs::remove_file(&filler).unwrap();
-    let _ = std::fs::remove_file(format!("{}.2", filler.display()));
+    tmpfs.free();
     wait_for(
         "the held events to be stored",
         Duration::from_secs(40),
