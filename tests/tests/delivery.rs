@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use wgpulse::config::Config;
 use wgpulse::events::Event;
 use wgpulse::sink::Delivery;
-use wgpulse_tests::process::wait_for;
+use wgpulse_tests::process::{run, wait_for};
 use wgpulse_tests::receiver::{tls_config, Receiver, Reply};
 
 /// A delivery with its own runtime, registry and state directory.
