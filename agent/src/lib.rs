@@ -21,12 +21,14 @@ pub mod metrics;
 pub mod offsets;
 pub mod outbox;
 pub mod peers;
+pub mod preflight;
 pub mod secrets;
 pub mod server;
 pub mod sink;
 pub mod snapshot;
 pub mod status;
 pub mod testing;
+pub mod textpos;
 pub mod throttle;
 pub mod wg;
 

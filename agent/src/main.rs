@@ -36,19 +36,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+/// Reads and checks the configuration the way `check-config` does: every problem
+/// (schema, values, the files, variables and secrets it names) is printed, each with
+/// its key and line.
+fn load_config(path: Option<&Path>, adjust: impl FnOnce(&mut Config)) -> Result<Config, ExitCode> {
+    let (text, shown) = match path {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => (text, path),
+            Err(err) => {
+                eprintln!("wgpulse: reading config file {}: {err}", path.display());
+                return Err(ExitCode::FAILURE);
+            }
+        },
+        None => (String::new(), Path::new("<flags>")),
     };
-    args.apply(&mut config);
-    if let Some(problem) = config
-        .problems(args.config.as_deref().unwrap_or(Path::new("<flags>")))
-        .into_iter()
-        .next()
-    {
-        return Err(problem.into());
-    }
+    wgpulse::config::report::check(&text, shown, adjust, wgpulse::preflight::resource_problems)
+        .map_err(|problems| {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            ExitCode::FAILURE
+        })
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = match load_config(args.config.as_deref(), |config| args.apply(config)) {
+        Ok(config) => config,
+        Err(_) => anyhow::bail!("the configuration has problems (listed above)"),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log_level)?)
         .with_writer(std::io::stderr)
@@ -133,29 +148,11 @@ fn print(result: Result<String, wgpulse::apiclient::ApiClientError>) -> ExitCode
 }
 
 fn check_config(path: &Path) -> ExitCode {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) => {
-            eprintln!("{}: {err}", path.display());
-            return ExitCode::FAILURE;
+    match load_config(Some(path), |_| {}) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
         }
-    };
-    match Config::parse(&text, path) {
-        Ok(config) => {
-            let problems = config.problems(path);
-            if problems.is_empty() {
-                println!("{}: ok", path.display());
-                ExitCode::SUCCESS
-            } else {
-                for problem in problems {
-                    eprintln!("{problem}");
-                }
-                ExitCode::FAILURE
-            }
-        }
-        Err(err) => {
-            eprintln!("{err}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }

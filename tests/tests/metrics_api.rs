@@ -373,6 +373,101 @@ fn check_config_names_every_error_by_key_and_line() {
             assert!(stderr.contains(want), "case {i}: {want:?} not in {stderr}");
         }
     }
+    // What `run` would fail on is a problem for check-config too, with its line.
+    let empty = dir.path().join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    let bad_peers = dir.path().join("peers.toml");
+    std::fs::write(&bad_peers, "[peers.\"nope\"]\nname = 1\n").unwrap();
+    let resource_cases: Vec<(String, Vec<String>)> = vec![
+        (
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x/\"\nauthorization_file = \"/nonexistent/auth\"\n".into(),
+            vec!["4: key `webhooks[0].authorization_file`".into(), "/nonexistent/auth".into()],
+        ),
+        (
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x/\"\nsigning_secret_file = \"/nonexistent/s\"\n".into(),
+            vec!["4: key `webhooks[0].signing_secret_file`".into()],
+        ),
+        (
+            "[api]\ntoken_file = \"/nonexistent/token\"\n".into(),
+            vec!["2: key `api.token_file`".into()],
+        ),
+        (
+            format!("[metrics]\ntoken_file = {:?}\n", empty.display().to_string()),
+            vec!["2: key `metrics.token_file`".into(), "empty".into()],
+        ),
+        (
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x/\"\nauthorization_env = \"WGPULSE_SURELY_UNSET\"\n".into(),
+            vec!["webhooks[0].authorization_env".into(), "WGPULSE_SURELY_UNSET".into()],
+        ),
+        (
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x/\"\nsigning_secret = \"whsec_%%%\"\n".into(),
+            vec!["webhooks[0].signing_secret".into(), "base64".into()],
+        ),
+        (
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x/\"\n[webhooks.headers]\nX-A = \"a\\r\\nB: c\"\n".into(),
+            vec!["5: key `webhooks[0].headers.X-A`".into()],
+        ),
+        (
+            format!("peers_file = {:?}\n", bad_peers.display().to_string()),
+            vec!["1: key `peers_file`".into()],
+        ),
+        (
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x/\"\n[webhooks.retry]\nmax_age = \"0s\"\n".into(),
+            vec!["webhooks[0].retry.max_age".into()],
+        ),
+        (
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://127.0.0.1:99999/x\"\n".into(),
+            vec!["3: key `webhooks[0].url`".into(), "port".into()],
+        ),
+        (
+            "[[webhooks]]\nname = \"a\"\nurl = \"http://x/\"\n[webhooks.headers]\nContent-Length = \"5\"\n".into(),
+            vec!["webhooks[0].headers.Content-Length".into()],
+        ),
+        (
+            // Three problems: three lines, each with its line number.
+            "drain_intervall = \"1s\"\nmax_peers = 0\n[metrics]\nlisten = \"nowhere\"\n".into(),
+            vec!["1:1".into(), "2: key `max_peers`".into(), "4: key `metrics.listen`".into()],
+        ),
+    ];
+    for (i, (text, wanted)) in resource_cases.iter().enumerate() {
+        let path = dir.path().join(format!("resource{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(binary())
+            .args(["check-config", "--config", path.to_str().unwrap()])
+            .env_remove("WGPULSE_SURELY_UNSET")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "resource case {i} must fail: {stderr}"
+        );
+        for want in wanted {
+            assert!(
+                stderr.contains(want.as_str()),
+                "resource case {i}: {want:?} not in {stderr}"
+            );
+        }
+        if i == resource_cases.len() - 1 {
+            assert_eq!(stderr.lines().count(), 3, "one line per problem: {stderr}");
+        }
+        // `run` refuses the same file, before it touches the kernel.
+        let out = std::process::Command::new(binary())
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env_remove("WGPULSE_SURELY_UNSET")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "resource case {i}: run must fail too"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("wgpulse starting"),
+            "resource case {i}"
+        );
+    }
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,

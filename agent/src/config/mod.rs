@@ -1,7 +1,12 @@
 //! The agent's configuration: one TOML file, every key documented in the README with
 //! its default, unknown keys rejected by name. Sections owned by other modules
 //! (`[outbox]`, `[[webhooks]]`, `[metrics]`, `[api]`) are defined beside the code that
-//! uses them and embedded here.
+//! uses them and embedded here. [`report`] checks a file the way `check-config` and
+//! `run` do: every problem at once, each with its key and line.
+
+pub mod collect;
+pub mod locate;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,11 +37,14 @@ pub enum ConfigError {
         /// What is wrong, naming the key.
         message: String,
     },
-    /// A value parsed but is not allowed.
-    #[error("{path}: key `{key}`: {message}")]
+    /// A value parsed but is not allowed, or what it names (a file, a variable, a
+    /// secret) cannot be used.
+    #[error("{path}:{}key `{key}`: {message}", line.map(|l| format!("{l}: ")).unwrap_or_else(|| " ".into()))]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// 1-based line of the key (or of its table, for a key left at its default).
+        line: Option<usize>,
         /// The dotted key.
         key: String,
         /// What is wrong.
@@ -125,28 +133,11 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and checks configuration text; `path` only names it in errors.
+    /// Parses and checks configuration text; `path` only names it in errors. The
+    /// first problem is the error ([`report::check`] gives all of them).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| {
-            let (line, column) = err
-                .span()
-                .map(|span| line_column(text, span.start))
-                .unwrap_or((1, 1));
-            let mut message = err.message().to_owned();
-            if let Some(key) = err.span().and_then(|span| key_at(text, span.start)) {
-                if !message.contains(&key) {
-                    message = format!("key `{key}`: {message}");
-                }
-            }
-            ConfigError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                message,
-            }
-        })?;
-        config.validate(path)?;
-        Ok(config)
+        report::check(text, path, |_| {}, |_| Vec::new())
+            .map_err(|problems| problems.into_iter().next().expect("at least one"))
     }
 
     /// Every semantic problem, one error each (the first is returned by [`Config::parse`]).
@@ -155,6 +146,7 @@ impl Config {
         let mut invalid = |key: &str, message: String| {
             problems.push(ConfigError::Invalid {
                 path: path.to_owned(),
+                line: None,
                 key: key.to_owned(),
                 message,
             })
@@ -198,13 +190,6 @@ impl Config {
         problems
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        match self.problems(path).into_iter().next() {
-            Some(problem) => Err(problem),
-            None => Ok(()),
-        }
-    }
-
     /// The node id events carry: configured, or the host name.
     pub fn node_id(&self) -> String {
         self.node.clone().unwrap_or_else(|| {
@@ -214,40 +199,6 @@ impl Config {
                 .unwrap_or_else(|| "unknown".into())
         })
     }
-}
-
-/// The dotted key whose value is at `offset` (`table.key` inside a `[table]`), if
-/// the offset is on a `key = value` line.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(text.len());
-    let start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let end = text[offset..]
-        .find('\n')
-        .map(|i| offset + i)
-        .unwrap_or(text.len());
-    let (key, _) = text[start..end].split_once('=')?;
-    let key = key.trim().trim_matches('"');
-    if key.is_empty() || key.starts_with('[') {
-        return None;
-    }
-    let table = text[..start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-    Some(match table {
-        Some(table) => format!("{table}.{key}"),
-        None => key.to_owned(),
-    })
-}
-
-/// 1-based line and column of a byte offset.
-pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

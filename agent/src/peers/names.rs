@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::line_column;
+use crate::textpos::line_column;
 use crate::wg::PublicKey;
 
 /// What a peer is called.

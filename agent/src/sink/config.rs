@@ -350,6 +350,18 @@ impl WebhookConfig {
         {
             problem("retry", "need 0 < initial_backoff <= max_backoff".into());
         }
+        // A shorter max_age dead-letters events before a receiver that blinked
+        // could answer a retry (0s gave up on every event without an attempt).
+        let floor = Duration::from_secs(60).max(self.timeout);
+        if self.retry.max_age < floor {
+            problem(
+                "retry.max_age",
+                format!(
+                    "must be at least {} (1m, and no less than timeout): a shorter one gives events up before a retry",
+                    humantime::format_duration(floor)
+                ),
+            );
+        }
         problems
     }
 }

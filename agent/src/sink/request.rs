@@ -121,6 +121,100 @@ fn secret(
     Ok(None)
 }
 
+/// Every problem with what a webhook reads at start (its secrets from files and
+/// environment variables, their strength, its CA file), as (key, message): what
+/// `check-config` reports and `run` would fail on.
+pub fn resource_problems(config: &WebhookConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    match secret(
+        &config.name,
+        "authorization",
+        config.authorization.clone(),
+        config.authorization_file.as_deref(),
+        config.authorization_env.as_deref(),
+    ) {
+        Ok(Some(value)) => {
+            let key = if config.authorization_file.is_some() {
+                "authorization_file"
+            } else if config.authorization_env.is_some() {
+                "authorization_env"
+            } else {
+                "authorization"
+            };
+            if value.trim().is_empty() {
+                problems.push((key.to_owned(), "the authorization value is empty".into()));
+            } else if let Err(weak) = crate::secrets::check_value(value.as_bytes()) {
+                problems.push((key.to_owned(), format!("the authorization value {weak}")));
+            } else if HeaderValue::from_str(&value).is_err() {
+                problems.push((
+                    key.to_owned(),
+                    "the authorization value is not a valid header value (control characters?)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(None) => {}
+        Err(err) => problems.push((authorization_key(config), err.to_string())),
+    }
+    let signing_key = if config.signing_secret_file.is_some() {
+        "signing_secret_file"
+    } else if config.signing_secret_env.is_some() {
+        "signing_secret_env"
+    } else {
+        "signing_secret"
+    };
+    let secrets = match (
+        &config.signing_secret,
+        &config.signing_secret_file,
+        &config.signing_secret_env,
+    ) {
+        (Some(inline), _, _) => Ok(inline.list()),
+        (None, file, env) => secret(
+            &config.name,
+            "signing_secret",
+            None,
+            file.as_deref(),
+            env.as_deref(),
+        )
+        .map(|text| {
+            text.map(|t| t.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
+        }),
+    };
+    match secrets {
+        Ok(secrets) => {
+            let configured = config.signing_secret.is_some()
+                || config.signing_secret_file.is_some()
+                || config.signing_secret_env.is_some();
+            if configured && secrets.is_empty() {
+                problems.push((signing_key.to_owned(), "no signing secret in it".into()));
+            }
+            if !secrets.is_empty() {
+                if let Err(err) = Signer::new(&secrets) {
+                    problems.push((signing_key.to_owned(), err.to_string()));
+                }
+            }
+        }
+        Err(err) => problems.push((signing_key.to_owned(), err.to_string())),
+    }
+    if let Some(ca) = &config.ca_file {
+        if let Err(err) = super::client::read_ca_file(ca) {
+            problems.push(("ca_file".into(), err.to_string()));
+        }
+    }
+    problems
+}
+
+fn authorization_key(config: &WebhookConfig) -> String {
+    if config.authorization_file.is_some() {
+        "authorization_file".into()
+    } else if config.authorization_env.is_some() {
+        "authorization_env".into()
+    } else {
+        "authorization".into()
+    }
+}
+
 impl Target {
     /// Reads the webhook's secrets and checks its headers.
     pub fn new(config: &WebhookConfig) -> Result<Self, TargetError> {
