@@ -60,6 +60,8 @@ pub enum Observation {
 /// A running agent; [`RunningAgent::stop`] (or drop) stops it and detaches the datapath.
 pub struct RunningAgent {
     stop: Arc<AtomicBool>,
+    /// Set to have the pipeline re-read the peers file at once.
+    reload_names: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
@@ -68,6 +70,11 @@ impl RunningAgent {
     /// The live peer table and stage health.
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// Has the pipeline re-read `peers_file` now (SIGHUP), whether or not it changed.
+    pub fn reload_names(&self) {
+        self.reload_names.store(true, Ordering::Relaxed);
     }
 
     /// Stops the threads and waits for them; the datapath is detached when the
@@ -149,6 +156,7 @@ pub fn start(
         alerts: AlertEngine::new(config.alerts.clone()),
         names: config.peers_file.clone().map(NamesWatcher::new),
         saves: SaveSchedule::new(Instant::now()),
+        reload_names: Arc::default(),
         save_throttle: crate::throttle::LogThrottle::new(Duration::from_secs(60)),
         config,
         datapath,
@@ -160,12 +168,14 @@ pub fn start(
         state_file,
     };
     let pipeline_stop = stop.clone();
+    let reload_names = pipeline.reload_names.clone();
     let pipeline_thread = std::thread::Builder::new()
         .name("wgpulse-pipeline".into())
         .spawn(move || pipeline.run(receive, pipeline_stop))
         .map_err(|e| AgentError::Thread("pipeline", e))?;
     Ok(RunningAgent {
         stop,
+        reload_names,
         threads: vec![drain_thread, pipeline_thread],
         shared,
     })
@@ -219,6 +229,8 @@ struct Pipeline {
     alerts: AlertEngine,
     names: Option<NamesWatcher>,
     saves: SaveSchedule,
+    /// Set by [`RunningAgent::reload_names`].
+    reload_names: Arc<AtomicBool>,
     /// Rate limit of "events not stored yet: the save waits".
     save_throttle: crate::throttle::LogThrottle,
 }
@@ -287,6 +299,12 @@ impl Pipeline {
             }
             if self.saves.is_due(Instant::now()) {
                 self.save();
+            }
+            if self.reload_names.swap(false, Ordering::Relaxed) {
+                if let Some(names) = &mut self.names {
+                    names.forget_seen();
+                }
+                self.reload_names();
             }
         }
         self.save();

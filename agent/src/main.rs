@@ -64,11 +64,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(config) => config,
         Err(_) => anyhow::bail!("the configuration has problems (listed above)"),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log_level)?)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log_filter = init_logging(&config.log_level)?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "wgpulse starting");
     // Tokens are read (and weak ones refused) before anything touches the kernel.
     let token = |what, path: &Option<std::path::PathBuf>| {
@@ -115,11 +111,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .block_on(wgpulse::server::start(&config.metrics, state))
         .context("starting the HTTP listener")?;
     runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT: stopping");
+                    break;
+                }
+                _ = terminate.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    break;
+                }
+                _ = hangup.recv() => reload(args.config.as_deref(), &log_filter, &delivery, &agent),
+            }
         }
         anyhow::Ok(())
     })?;
@@ -131,6 +137,101 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(delivery.shutdown(std::time::Duration::from_secs(5)));
     tracing::info!("stopped; datapath detached");
     Ok(())
+}
+
+/// The log filter, reloadable (SIGHUP).
+type LogFilter =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(level: &str) -> anyhow::Result<LogFilter> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let (filter, handle) =
+        tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::try_new(level)?);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+    Ok(handle)
+}
+
+/// SIGHUP: re-reads the configuration file and applies what can change safely while
+/// running — `log_level`, the contents of `peers_file`, and each webhook's
+/// authorization and signing secrets (inline, files, environment) — logging what
+/// changed (never a value). Everything else takes effect at the next start. A file
+/// with problems changes nothing.
+fn reload(
+    path: Option<&Path>,
+    log_filter: &LogFilter,
+    delivery: &wgpulse::sink::Delivery,
+    agent: &wgpulse::agent::RunningAgent,
+) {
+    let Some(path) = path else {
+        tracing::info!("SIGHUP: no configuration file to re-read; re-reading the peers file");
+        agent.reload_names();
+        return;
+    };
+    let config = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            wgpulse::config::report::check(
+                &text,
+                path,
+                |_| {},
+                wgpulse::preflight::resource_problems,
+            )
+            .map_err(|problems| {
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        }) {
+        Ok(config) => config,
+        Err(problems) => {
+            tracing::error!(
+                "SIGHUP: {} not applied, it has problems: {problems}",
+                path.display()
+            );
+            return;
+        }
+    };
+    let mut changed = Vec::new();
+    match tracing_subscriber::EnvFilter::try_new(&config.log_level) {
+        Ok(filter) => {
+            let before = log_filter
+                .with_current(|f| f.to_string())
+                .unwrap_or_default();
+            if log_filter.reload(filter).is_ok() && before != config.log_level {
+                changed.push(format!("log_level = {:?}", config.log_level));
+            }
+        }
+        Err(err) => tracing::error!("SIGHUP: log_level: {err}"),
+    }
+    agent.reload_names();
+    for (webhook, result) in delivery.reload_secrets(&config.webhooks) {
+        match result {
+            Ok(reloaded) => {
+                if reloaded.authorization {
+                    changed.push(format!("webhook {webhook}: authorization"));
+                }
+                if reloaded.signing_secrets {
+                    changed.push(format!("webhook {webhook}: signing secrets"));
+                }
+            }
+            Err(err) => tracing::error!("SIGHUP: {err}; its previous secrets stay in force"),
+        }
+    }
+    tracing::info!(
+        changed = ?changed,
+        "SIGHUP: re-read {} (log_level, the peers file and webhook secrets; other settings take effect at the next start)",
+        path.display()
+    );
 }
 
 /// Prints a command's output, or its error as one line with exit code 1.

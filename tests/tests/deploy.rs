@@ -180,6 +180,10 @@ fn the_systemd_unit_verifies_and_scores_well() {
         score <= 3.0,
         "exposure {score} (lower is better):\n{report}"
     );
+    assert!(
+        unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "systemctl reload sends SIGHUP"
+    );
     let sysusers = std::fs::read_to_string(deploy().join("systemd/wgpulse.sysusers.conf")).unwrap();
     assert!(sysusers.lines().any(|l| l.starts_with("u wgpulse ")));
 }

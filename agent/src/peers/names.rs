@@ -121,6 +121,11 @@ impl NamesWatcher {
         Self { path, seen: None }
     }
 
+    /// Makes the next [`NamesWatcher::poll`] read the file whether or not it changed.
+    pub fn forget_seen(&mut self) {
+        self.seen = None;
+    }
+
     /// `None` when unchanged since the last poll; otherwise the new names or why
     /// they could not be read (the caller keeps the previous names then).
     pub fn poll(&mut self) -> Option<Result<HashMap<PublicKey, PeerName>, NamesError>> {

@@ -458,6 +458,24 @@ impl Delivery {
         inner.metrics.outbox_bytes.set(inner.outbox.bytes() as i64);
     }
 
+    /// Re-reads the secrets of every webhook that is still configured (by name)
+    /// from `webhooks`; returns per webhook what changed, or why its secrets could
+    /// not be read (it keeps the old ones then). Webhooks added or removed in the
+    /// file take effect at the next start.
+    pub fn reload_secrets(
+        &self,
+        webhooks: &[config::WebhookConfig],
+    ) -> Vec<(String, Result<request::Reloaded, TargetError>)> {
+        self.inner
+            .hooks
+            .iter()
+            .filter_map(|hook| {
+                let config = webhooks.iter().find(|w| w.name == hook.target.name)?;
+                Some((hook.target.name.clone(), hook.target.reload(config)))
+            })
+            .collect()
+    }
+
     /// Every webhook's state.
     pub fn webhooks(&self) -> Vec<WebhookStatus> {
         self.inner.hooks.iter().map(status).collect()

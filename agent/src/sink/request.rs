@@ -50,8 +50,24 @@ pub struct Target {
     /// Request timeout.
     pub timeout: Duration,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// Swapped as a whole when SIGHUP re-reads the secrets.
+    credentials: std::sync::RwLock<Credentials>,
+}
+
+/// The secrets of a webhook's requests.
+#[derive(Clone, PartialEq, Eq)]
+struct Credentials {
     authorization: Option<HeaderValue>,
     signer: Option<Signer>,
+}
+
+/// Which of a webhook's secrets a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The `Authorization` value changed.
+    pub authorization: bool,
+    /// The signing secrets changed.
+    pub signing_secrets: bool,
 }
 
 impl std::fmt::Debug for Target {
@@ -61,8 +77,15 @@ impl std::fmt::Debug for Target {
             .field("url", &redact_url(&self.url.to_string()))
             .field("format", &self.format)
             .field("headers", &self.headers.len())
-            .field("authorization", &self.authorization.is_some())
-            .field("signer", &self.signer)
+            .field(
+                "authorization",
+                &self
+                    .credentials
+                    .read()
+                    .expect("not poisoned")
+                    .authorization
+                    .is_some(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -298,9 +321,26 @@ impl Target {
             filters,
             timeout: config.timeout,
             headers,
-            authorization,
-            signer,
+            credentials: std::sync::RwLock::new(Credentials {
+                authorization,
+                signer,
+            }),
         })
+    }
+
+    /// Reads the secrets again from `config` (the same webhook as re-read from the
+    /// configuration file: inline values, files, environment variables) and uses
+    /// them from the next request on; nothing changes when one cannot be read.
+    pub fn reload(&self, config: &WebhookConfig) -> Result<Reloaded, TargetError> {
+        let fresh = Target::new(config)?;
+        let fresh = fresh.credentials.into_inner().expect("not poisoned");
+        let mut credentials = self.credentials.write().expect("not poisoned");
+        let reloaded = Reloaded {
+            authorization: credentials.authorization != fresh.authorization,
+            signing_secrets: credentials.signer != fresh.signer,
+        };
+        *credentials = fresh;
+        Ok(reloaded)
     }
 
     /// The request delivering `body`. `id` is the event id (single) or a batch id
@@ -324,10 +364,11 @@ impl Target {
         for (name, value) in &self.headers {
             builder = builder.header(name, value.clone());
         }
-        if let Some(authorization) = &self.authorization {
+        let credentials = self.credentials.read().expect("not poisoned");
+        if let Some(authorization) = &credentials.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }
-        if let Some(signer) = &self.signer {
+        if let Some(signer) = &credentials.signer {
             let timestamp = now
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)

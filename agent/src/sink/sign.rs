@@ -22,7 +22,7 @@ pub enum SecretError {
 }
 
 /// The signing keys of one webhook (never printed).
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Signer {
     keys: Vec<Zeroizing<Vec<u8>>>,
 }
