@@ -154,7 +154,7 @@ fn the_systemd_unit_verifies_and_scores_well() {
     let binary = root().join("target/debug/wgpulse");
     let unit = unit.replace("/usr/local/bin/wgpulse", binary.to_str().unwrap());
     let path = dir.path().join("wgpulse.service");
-    std::fs::write(&path, unit).unwrap();
+    std::fs::write(&path, &unit).unwrap();
     let out = tool("systemd-analyze", &["verify", path.to_str().unwrap()]);
     assert!(
         out.status.success(),
