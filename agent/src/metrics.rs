@@ -428,11 +428,7 @@ pub fn encode_peers(shared: &Shared, out: &mut String) {
     header(out, name, "Peer attributes (value 1).", "gauge");
     for (peer, labels) in peers.iter().zip(&labels) {
         let endpoint = peer.endpoint.map(|e| e.to_string()).unwrap_or_default();
-        let display = peer
-            .name
-            .as_ref()
-            .and_then(|n| n.name.as_deref())
-            .unwrap_or("");
+        let display = peer.name.as_ref().and_then(|n| n.name()).unwrap_or("");
         let _ = writeln!(
             out,
             "{name}{{{labels},endpoint=\"{endpoint}\",allowed_ips=\"{}\",name=\"{}\"}} 1",

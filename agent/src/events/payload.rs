@@ -56,9 +56,9 @@ pub fn peer(peer: &PeerState, device_public_key: Option<PublicKey>, changed: &[&
         "DisplayName": peer
             .name
             .as_ref()
-            .and_then(|n| n.name.clone())
+            .and_then(|n| n.name().map(str::to_owned))
             .unwrap_or_else(|| display_name(&peer.key.public_key)),
-        "UserIdentifier": peer.name.as_ref().and_then(|n| n.user.clone()).unwrap_or_default(),
+        "UserIdentifier": peer.name.as_ref().and_then(|n| n.user()).unwrap_or_default(),
         "Identifier": peer.key.public_key.to_base64(),
         "InterfaceIdentifier": peer.key.device,
         "AutomaticallyCreated": false,
@@ -66,11 +66,12 @@ pub fn peer(peer: &PeerState, device_public_key: Option<PublicKey>, changed: &[&
         "HasPresharedKey": peer.has_preshared_key,
     });
     if let Some(name) = &peer.name {
-        if let Some(email) = &name.email {
+        if let Some(email) = name.email() {
             value["UserEmail"] = json!(email);
         }
-        if !name.tags.is_empty() {
-            value["Tags"] = json!(name.tags);
+        let tags: Vec<&str> = name.tags().collect();
+        if !tags.is_empty() {
+            value["Tags"] = json!(tags);
         }
     }
     if !changed.is_empty() {

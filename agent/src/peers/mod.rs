@@ -184,7 +184,7 @@ pub struct PeerTable {
     /// Completed handshakes to report at the next drain.
     handshakes_due: Vec<(PeerKey, Role, SocketAddr, SystemTime)>,
     /// Names from `peers_file`.
-    names: HashMap<PublicKey, names::PeerName>,
+    names: names::Names,
 }
 
 impl PeerTable {
@@ -205,7 +205,7 @@ impl PeerTable {
     }
 
     /// Replaces the names from `peers_file`; every peer's `name` follows at once.
-    pub fn set_names(&mut self, names: HashMap<PublicKey, names::PeerName>) {
+    pub fn set_names(&mut self, names: names::Names) {
         for peer in self.peers.values_mut() {
             peer.name = names.get(&peer.key.public_key).cloned();
         }

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -19,10 +20,26 @@ use serde::{Deserialize, Serialize};
 use crate::textpos::line_column;
 use crate::wg::PublicKey;
 
-/// What a peer is called.
+/// What a peer is called: display name, user, email and tags from `peers_file`.
+///
+/// Compact because a fleet's file names every peer (100k entries are common): all of
+/// an entry's text is one allocation, fields separated by U+001F (which is removed
+/// from the input), with a bit per optional field that is present. Shared with `Arc`
+/// between the names and the peers that carry them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PeerName {
+    /// name, user, email, then the tags, separated by U+001F.
+    text: Box<str>,
+    /// Bit 0: name given, bit 1: user given, bit 2: email given.
+    present: u8,
+}
+
+const SEPARATOR: char = '\u{1f}';
+
+/// The fields of a [`PeerName`] as they are written in the file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PeerName {
+pub struct PeerNameFields {
     /// Display name (wg-portal's `DisplayName`).
     #[serde(default)]
     pub name: Option<String>,
@@ -36,6 +53,92 @@ pub struct PeerName {
     #[serde(default)]
     pub tags: Vec<String>,
 }
+
+impl From<PeerNameFields> for PeerName {
+    fn from(fields: PeerNameFields) -> Self {
+        let clean = |s: &str| s.replace(SEPARATOR, "");
+        let mut text = String::new();
+        let mut present = 0;
+        for (bit, field) in [&fields.name, &fields.user, &fields.email]
+            .iter()
+            .enumerate()
+        {
+            if bit > 0 {
+                text.push(SEPARATOR);
+            }
+            if let Some(value) = field {
+                present |= 1 << bit;
+                text.push_str(&clean(value));
+            }
+        }
+        for tag in &fields.tags {
+            text.push(SEPARATOR);
+            text.push_str(&clean(tag));
+        }
+        Self {
+            text: text.into_boxed_str(),
+            present,
+        }
+    }
+}
+
+impl PeerName {
+    fn part(&self, index: usize) -> Option<&str> {
+        (self.present & (1 << index) != 0)
+            .then(|| self.text.split(SEPARATOR).nth(index).unwrap_or(""))
+    }
+
+    /// Display name (wg-portal's `DisplayName`).
+    pub fn name(&self) -> Option<&str> {
+        self.part(0)
+    }
+
+    /// User identifier (wg-portal's `UserIdentifier`).
+    pub fn user(&self) -> Option<&str> {
+        self.part(1)
+    }
+
+    /// Contact email.
+    pub fn email(&self) -> Option<&str> {
+        self.part(2)
+    }
+
+    /// Free-form tags.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.text.split(SEPARATOR).skip(3)
+    }
+
+    /// The fields, owned.
+    pub fn fields(&self) -> PeerNameFields {
+        PeerNameFields {
+            name: self.name().map(str::to_owned),
+            user: self.user().map(str::to_owned),
+            email: self.email().map(str::to_owned),
+            tags: self.tags().map(str::to_owned).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PeerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fields().fmt(f)
+    }
+}
+
+impl Serialize for PeerName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.fields().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        PeerNameFields::deserialize(deserializer).map(PeerName::from)
+    }
+}
+
+/// The names of a file, by public key.
+pub type Names = HashMap<PublicKey, Arc<PeerName>>;
 
 /// Errors reading a names file.
 #[derive(Debug, thiserror::Error)]
@@ -66,44 +169,80 @@ pub enum NamesError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NamesFile {
+    /// Keys are parsed straight into [`PublicKey`]s (a bad key is an error at its
+    /// line), values into shared compact names: no second copy of the file.
     #[serde(default)]
-    peers: HashMap<String, PeerName>,
+    peers: Names,
+}
+
+fn toml_error(text: &str, path: &Path, e: toml::de::Error) -> NamesError {
+    let (line, column) = e
+        .span()
+        .map(|s| line_column(text, s.start))
+        .unwrap_or((1, 1));
+    NamesError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        message: e.message().to_owned(),
+    }
+}
+
+fn json_error(path: &Path, e: serde_json::Error) -> NamesError {
+    NamesError::Parse {
+        path: path.to_owned(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    }
 }
 
 /// Parses names text; `path` decides the format (`.json`: JSON, else TOML) and names
 /// the file in errors.
-pub fn parse(text: &str, path: &Path) -> Result<HashMap<PublicKey, PeerName>, NamesError> {
-    let parse_error = |line, column, message: String| NamesError::Parse {
-        path: path.to_owned(),
-        line,
-        column,
-        message,
-    };
-    let file: NamesFile = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(text).map_err(|e| parse_error(e.line(), e.column(), e.to_string()))?
+pub fn parse(text: &str, path: &Path) -> Result<Names, NamesError> {
+    let file: NamesFile = if is_json(path) {
+        serde_json::from_str(text).map_err(|e| json_error(path, e))?
     } else {
-        toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_column(text, s.start))
-                .unwrap_or((1, 1));
-            parse_error(line, column, e.message().to_owned())
-        })?
+        toml::from_str(text).map_err(|e| toml_error(text, path, e))?
     };
-    let mut names = HashMap::new();
-    for (key, name) in file.peers {
-        let public_key: PublicKey = key.parse().map_err(|_| {
-            let offset = text.find(&key).unwrap_or(0);
-            let (line, column) = line_column(text, offset);
-            parse_error(
-                line,
-                column,
-                format!("{key:?} is not a WireGuard public key"),
-            )
-        })?;
-        names.insert(public_key, name);
-    }
+    Ok(file.peers)
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "json")
+}
+
+/// Reads a names file: JSON is streamed from the file (a fleet's file is large),
+/// TOML read whole. Afterwards the memory the parse used is handed back to the
+/// operating system.
+pub fn load(path: &Path) -> Result<Names, NamesError> {
+    let read_error = |source| NamesError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let names = if is_json(path) {
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let reader = std::io::BufReader::with_capacity(64 * 1024, file);
+        serde_json::from_reader::<_, NamesFile>(reader)
+            .map_err(|e| json_error(path, e))?
+            .peers
+    } else {
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        parse(&text, path)?
+    };
+    release_freed_memory();
     Ok(names)
+}
+
+/// Returns freed heap memory to the operating system (glibc keeps it otherwise, and
+/// the peak of a parse would stay in the RSS for good).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps; it
+    // has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Watches the names file: [`NamesWatcher::poll`] re-reads it when its modification
@@ -128,7 +267,7 @@ impl NamesWatcher {
 
     /// `None` when unchanged since the last poll; otherwise the new names or why
     /// they could not be read (the caller keeps the previous names then).
-    pub fn poll(&mut self) -> Option<Result<HashMap<PublicKey, PeerName>, NamesError>> {
+    pub fn poll(&mut self) -> Option<Result<Names, NamesError>> {
         let metadata = std::fs::metadata(&self.path);
         let stamp = metadata
             .as_ref()
@@ -144,9 +283,7 @@ impl NamesWatcher {
         };
         Some(match metadata {
             Err(err) => Err(read_error(err)),
-            Ok(_) => std::fs::read_to_string(&self.path)
-                .map_err(read_error)
-                .and_then(|text| parse(&text, &self.path)),
+            Ok(_) => load(&self.path),
         })
     }
 }
@@ -169,8 +306,9 @@ mod tests {
         let b = parse(&json_text, Path::new("names.json")).unwrap();
         assert_eq!(a, b);
         let name = &a[&KEY.parse::<PublicKey>().unwrap()];
-        assert_eq!(name.name.as_deref(), Some("alice-laptop"));
-        assert_eq!(name.tags, ["laptop"]);
+        assert_eq!(name.name(), Some("alice-laptop"));
+        assert_eq!(name.tags().collect::<Vec<_>>(), ["laptop"]);
+        assert_eq!(name.email(), Some("a@example.com"));
     }
 
     #[test]
@@ -205,9 +343,6 @@ mod tests {
         assert!(watcher.poll().unwrap().is_err());
         std::fs::write(&path, format!("[peers.\"{KEY}\"]\nname = \"second\"\n")).unwrap();
         let again = watcher.poll().unwrap().unwrap();
-        assert_eq!(
-            again.values().next().unwrap().name.as_deref(),
-            Some("second")
-        );
+        assert_eq!(again.values().next().unwrap().name(), Some("second"));
     }
 }

@@ -348,9 +348,11 @@ pub struct PeerState {
     /// The wire counters at the last completed handshake (for the handshake feed).
     #[serde(default)]
     pub at_last_handshake: WireCounters,
-    /// Name, user, email and tags from `peers_file`, if it names the peer.
-    #[serde(default)]
-    pub name: Option<super::names::PeerName>,
+    /// Name, user, email and tags from `peers_file`, if it names the peer. Not
+    /// saved (the file is read again at start); older state files that have it still
+    /// load.
+    #[serde(default, skip_serializing)]
+    pub name: Option<std::sync::Arc<super::names::PeerName>>,
     /// The kernel-mode view (kernel WireGuard only; starts over with every run).
     #[serde(skip)]
     pub kernel: Option<KernelView>,

@@ -542,10 +542,10 @@ fn the_handshake_feed_reports_at_the_next_drain_with_deltas_that_sum_to_the_tota
 #[test]
 fn names_fill_peers_now_and_later() {
     let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", None)], t(0));
-    let name = names::PeerName {
+    let name = std::sync::Arc::new(names::PeerName::from(names::PeerNameFields {
         name: Some("alice".into()),
         ..Default::default()
-    };
+    }));
     table.set_names([(key(1), name.clone()), (key(2), name.clone())].into());
     assert_eq!(table.peer(DEV, &key(1)).unwrap().name, Some(name.clone()));
     table.apply_devices(

@@ -109,8 +109,8 @@ impl PeerView {
         Self {
             device: peer.key.device.clone(),
             public_key: peer.key.public_key.to_base64(),
-            name: peer.name.as_ref().and_then(|n| n.name.clone()),
-            user: peer.name.as_ref().and_then(|n| n.user.clone()),
+            name: peer.name.as_ref().and_then(|n| n.name().map(str::to_owned)),
+            user: peer.name.as_ref().and_then(|n| n.user().map(str::to_owned)),
             endpoint: peer.endpoint.map(|e| e.to_string()),
             allowed_ips: peer.allowed_ips.clone(),
             persistent_keepalive: peer.persistent_keepalive,
