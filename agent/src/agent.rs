@@ -9,8 +9,6 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::RecvTimeoutError;
-
 use crate::alerts::{Alert, AlertEngine};
 use crate::config::Config;
 use crate::drain::{Drain, DrainError};
@@ -131,7 +129,9 @@ pub fn start(
 
     let state_file = StateFile::new(&config.state_dir);
     let table = load_table(&state_file, config.disconnect_after);
+    let (read_through, read_requests) = crate::read_through::ReadThrough::new();
     let shared = Arc::new(Shared {
+        read_through,
         table: RwLock::new(table),
         status: RwLock::new(AgentStatus {
             map_capacity: config.max_peers,
@@ -171,7 +171,7 @@ pub fn start(
     let reload_names = pipeline.reload_names.clone();
     let pipeline_thread = std::thread::Builder::new()
         .name("wgpulse-pipeline".into())
-        .spawn(move || pipeline.run(receive, pipeline_stop))
+        .spawn(move || pipeline.run(receive, read_requests, pipeline_stop))
         .map_err(|e| AgentError::Thread("pipeline", e))?;
     Ok(RunningAgent {
         stop,
@@ -239,6 +239,7 @@ impl Pipeline {
     fn run(
         &mut self,
         receive: crossbeam_channel::Receiver<DatapathMessage>,
+        read_requests: crossbeam_channel::Receiver<()>,
         stop: Arc<AtomicBool>,
     ) {
         self.refresh();
@@ -263,18 +264,23 @@ impl Pipeline {
                 timeout = timeout.min(due.saturating_duration_since(Instant::now()));
             }
             let mut refresh_now = false;
-            match receive.recv_timeout(timeout) {
-                // Counters only: a drain moves no handshake time, so the connection
-                // rule has nothing new to decide (its expiries are timed below).
-                Ok(DatapathMessage::Snapshot(snapshot)) => self.on_snapshot(snapshot),
-                Ok(DatapathMessage::Session(notice)) => {
-                    refresh_now = self.on_notice(notice);
-                    table_changed = true;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            let mut scrape_asked = false;
+            crossbeam_channel::select! {
+                recv(receive) -> message => match message {
+                    // Counters only: a drain moves no handshake time, so the
+                    // connection rule has nothing new to decide (its expiries are
+                    // timed below).
+                    Ok(DatapathMessage::Snapshot(snapshot)) => self.on_snapshot(snapshot),
+                    Ok(DatapathMessage::Session(notice)) => {
+                        refresh_now = self.on_notice(notice);
+                        table_changed = true;
+                    }
+                    Err(_) => break,
+                },
+                recv(read_requests) -> _ => scrape_asked = true,
+                default(timeout) => {}
             }
-            if refresh_now || Instant::now() >= next_refresh {
+            if refresh_now || scrape_asked || Instant::now() >= next_refresh {
                 if refresh_now {
                     self.shared
                         .status
@@ -427,6 +433,15 @@ impl Pipeline {
     /// Re-reads devices and interfaces; updates the port map, the attachments and
     /// the peer table.
     fn refresh(&mut self) {
+        let started = Instant::now();
+        self.read_devices();
+        self.shared
+            .read_through
+            .completed(started, started.elapsed());
+    }
+
+    /// Re-reads devices and interfaces (see [`Pipeline::refresh`]).
+    fn read_devices(&mut self) {
         let options = DiscoveryOptions {
             socket_dir: self.config.wireguard_socket_dir.clone(),
             only: self.config.devices.clone(),

@@ -61,4 +61,6 @@ pub struct Shared {
     pub status: RwLock<AgentStatus>,
     /// Counters of the event queue.
     pub events: Arc<QueueStats>,
+    /// Device reads a scrape asks for.
+    pub read_through: crate::read_through::ReadThrough,
 }

@@ -532,3 +532,53 @@ fn connect_roam_disconnect_and_remove_events_with_kernel_wireguard() {
         assert!(!text.contains(secret), "a private key in an event");
     }
 }
+
+#[test]
+#[ignore = "needs kernel WireGuard: runs inside `cargo xtask vmtest`"]
+fn a_scrape_right_after_traffic_equals_wg_show_with_kernel_wireguard() {
+    require_kernel_wireguard();
+    let pair = KernelPair::new();
+    let state = tempfile::tempdir().unwrap();
+    // Periodic device reads a minute apart: only a read-through can be fresh.
+    let config = Config {
+        state_dir: state.path().to_owned(),
+        node: Some("vm-node".into()),
+        devices: vec![pair.wg_b.name.clone()],
+        drain_interval: Duration::from_millis(200),
+        refresh_interval: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let agent = InProcessAgent::start_in(&pair.b, config);
+    let shared = agent.shared();
+    let peer = pair.wg_a.keys.public.clone();
+    let tunnel_b = pair.tunnel_b.to_string();
+    for round in 0..3 {
+        pair.a
+            .run(&["ping", "-q", "-c", "3", "-i", "0.2", &tunnel_b]);
+        let dump = pair.wg_b.dump();
+        let theirs = dump.peer(&peer).expect("peer in wg show");
+        // What a scrape does: read through, then encode the peer series.
+        shared
+            .read_through
+            .refresh_for_scrape(std::time::Instant::now());
+        let mut exposition = String::new();
+        wgpulse::metrics::encode_peers(&shared, &mut exposition);
+        let value = |name: &str| {
+            exposition
+                .lines()
+                .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&peer))
+                .and_then(|l| l.rsplit_once(' '))
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+                .map(|v| v as u64)
+        };
+        assert_eq!(
+            (
+                value("wireguard_peer_receive_bytes_total"),
+                value("wireguard_peer_transmit_bytes_total")
+            ),
+            (Some(theirs.rx_bytes), Some(theirs.tx_bytes)),
+            "round {round}: the scrape equals wg show"
+        );
+    }
+    agent.stop();
+}

@@ -191,6 +191,51 @@ fn prometheus_scrapes_series_equal_to_wg_show_and_the_table() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
+/// The value of one series in a text exposition.
+fn series(exposition: &str, name: &str, public_key: &str) -> Option<u64> {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| l.contains(&format!("public_key=\"{public_key}\"")))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+#[test]
+fn a_scrape_right_after_traffic_equals_wg_show() {
+    require_root_and_tools();
+    let pair = WgPair::new(Underlay::V4);
+    // Periodic device reads a minute apart: only a read-through can be fresh.
+    let (config, state) = config(&pair, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("refresh_interval = \"500ms\"", "refresh_interval = \"60s\"");
+    std::fs::write(&config, text).unwrap();
+    let agent = AgentProcess::start(&pair.b, &config);
+    wait_for("the agent to be ready", Duration::from_secs(30), || {
+        agent.count("serving /metrics") > 0
+            && http(&pair.b, "GET", &format!("http://{AGENT}/readyz"), None).0 == 200
+    });
+    let peer = pair.wg_a.keys.public.clone();
+    for round in 0..3 {
+        traffic::ping(&pair.a, pair.tunnel_addr_b(false), 5);
+        let dump = pair.wg_b.peer(&peer);
+        let (status, exposition) = http(&pair.b, "GET", &format!("http://{AGENT}/metrics"), None);
+        assert_eq!(status, 200);
+        assert_eq!(
+            (
+                series(&exposition, "wireguard_peer_receive_bytes_total", &peer),
+                series(&exposition, "wireguard_peer_transmit_bytes_total", &peer),
+            ),
+            (Some(dump.rx_bytes), Some(dump.tx_bytes)),
+            "round {round}: /metrics must equal wg show right after traffic"
+        );
+    }
+    agent.kill();
+    let _ = std::fs::remove_dir_all(&state);
+}
+
 #[test]
 fn every_route_with_and_without_its_token_and_the_cli() {
     require_root_and_tools();

@@ -106,6 +106,19 @@ pub async fn handle(state: &ApiState, request: Request<Incoming>, remote: Socket
                     return unauthorized();
                 }
             }
+            // WireGuard's counters as of now, not of the last periodic device read.
+            let shared = state.shared.clone();
+            let freshness = tokio::task::spawn_blocking(move || {
+                shared
+                    .read_through
+                    .refresh_for_scrape(std::time::Instant::now())
+            })
+            .await;
+            if matches!(freshness, Ok(crate::read_through::Freshness::Stale)) {
+                tracing::debug!(
+                    "scrape: the device read did not finish in time; serving older counters"
+                );
+            }
             metrics(state)
         }
         ["healthz"] => get_only(&|| json_reply(StatusCode::OK, json!({"status": "ok"}))),
