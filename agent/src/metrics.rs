@@ -428,12 +428,16 @@ pub fn encode_peers(shared: &Shared, out: &mut String) {
     header(out, name, "Peer attributes (value 1).", "gauge");
     for (peer, labels) in peers.iter().zip(&labels) {
         let endpoint = peer.endpoint.map(|e| e.to_string()).unwrap_or_default();
-        let display = peer.name.as_ref().and_then(|n| n.name()).unwrap_or("");
+        // The display name dashboards put in legends: the peers file's, else the
+        // same default the payloads' DisplayName has ("Peer <first 8 of the key>").
+        let display = match peer.name.as_ref().and_then(|n| n.name()) {
+            Some(named) => escape(named).into_owned(),
+            None => crate::events::payload::display_name(&peer.key.public_key),
+        };
         let _ = writeln!(
             out,
-            "{name}{{{labels},endpoint=\"{endpoint}\",allowed_ips=\"{}\",name=\"{}\"}} 1",
+            "{name}{{{labels},endpoint=\"{endpoint}\",allowed_ips=\"{}\",name=\"{display}\"}} 1",
             escape(&peer.allowed_ips.join(",")),
-            escape(display)
         );
     }
     let devices: Vec<_> = table.devices().collect();

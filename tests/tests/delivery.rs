@@ -292,6 +292,35 @@ fn each_webhook_trusts_only_its_own_private_ca() {
 }
 
 #[test]
+fn an_idle_batch_lane_sends_at_once_and_coalesces_while_a_request_is_in_flight() {
+    let receiver = Receiver::start();
+    // The first request is slow: what arrives meanwhile must wait for it.
+    receiver.script([Reply::Delayed(Duration::from_millis(400), 200)]);
+    let harness = Harness::start(
+        &format!(
+            "[[webhooks]]\nname = \"batched\"\nurl = \"{}\"\nformat = \"batch\"\nconcurrency = 1\n",
+            receiver.url()
+        ),
+        "",
+        None,
+    );
+    let accepted = Instant::now();
+    harness.delivery.accept(&[event("peer-a", 0)]);
+    // Default batch settings: the lone event is not held back for a batch.
+    receiver.wait_for(1, Duration::from_millis(300));
+    eprintln!("a lone batch event arrived after {:?}", accepted.elapsed());
+    // Nine more while the first request is in flight: one request with all nine.
+    let more: Vec<Event> = (1..10).map(|n| event("peer-a", n)).collect();
+    for event in more.chunks(1) {
+        harness.delivery.accept(event);
+    }
+    let requests = receiver.wait_for(2, Duration::from_secs(5));
+    let second = requests[1].json();
+    assert_eq!(second.as_array().unwrap().len(), 9, "{second}");
+    assert_eq!(receiver.requests().len(), 2);
+}
+
+#[test]
 fn a_5xx_then_2xx_is_retried_with_the_same_id() {
     let receiver = Receiver::start();
     receiver.script([Reply::Status(500)]);

@@ -557,6 +557,15 @@ fn a_scrape_right_after_traffic_equals_wg_show_with_kernel_wireguard() {
             .run(&["ping", "-q", "-c", "3", "-i", "0.2", &tunnel_b]);
         let dump = pair.wg_b.dump();
         let theirs = dump.peer(&peer).expect("peer in wg show");
+        // The rule lets a read count as fresh for max(100 ms, 20 x its duration),
+        // which under emulation is long: scrape once that window has passed.
+        while shared
+            .read_through
+            .fresh_until()
+            .is_some_and(|until| std::time::Instant::now() <= until)
+        {
+            std::thread::yield_now();
+        }
         // What a scrape does: read through, then encode the peer series.
         shared
             .read_through

@@ -191,6 +191,119 @@ fn prometheus_scrapes_series_equal_to_wg_show_and_the_table() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
+/// Runs a PromQL query against Prometheus in B's namespace; the JSON answer.
+fn query_raw(pair: &WgPair, prometheus: &str, promql: &str) -> serde_json::Value {
+    let url = format!("http://{prometheus}/api/v1/query?query={}", percent(promql));
+    let (status, body) = http(&pair.b, "GET", &url, None);
+    assert_eq!(status, 200, "{promql}: {body}");
+    json(&body)
+}
+
+#[test]
+fn every_dashboard_query_runs_on_prometheus_and_peer_legends_carry_names() {
+    require_root_and_tools();
+    let pair = WgPair::new(Underlay::V4);
+    let peer = pair.wg_a.keys.public.clone();
+    let names_dir = std::env::temp_dir().join(unique_name("wgpn"));
+    std::fs::create_dir_all(&names_dir).unwrap();
+    let names = names_dir.join("peers.toml");
+    std::fs::write(
+        &names,
+        format!("[peers.\"{peer}\"]\nname = \"alice-laptop\"\n"),
+    )
+    .unwrap();
+    let (config, state) = config(
+        &pair,
+        &format!("peers_file = {:?}\n", names.display().to_string()),
+    );
+    let agent = AgentProcess::start(&pair.b, &config);
+    wait_for("the agent to be ready", Duration::from_secs(30), || {
+        agent.count("serving /metrics") > 0
+            && http(&pair.b, "GET", &format!("http://{AGENT}/readyz"), None).0 == 200
+    });
+    let prom_dir = state.join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let prom_config = prom_dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: wgpulse\n    static_configs:\n      - targets: ['{AGENT}']\n"),
+    )
+    .unwrap();
+    let prometheus = "127.0.0.1:9591";
+    let _prom = ChildGuard::new(
+        pair.b
+            .command(&[
+                "prometheus",
+                &format!("--config.file={}", prom_config.display()),
+                &format!("--storage.tsdb.path={}", prom_dir.join("data").display()),
+                &format!("--web.listen-address={prometheus}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting prometheus"),
+        "prometheus",
+    );
+    // Traffic during a few scrapes, so that rates have two samples to work with.
+    wait_for(
+        "Prometheus to scrape the agent",
+        Duration::from_secs(40),
+        || query(&pair, prometheus, "count(wireguard_peer_info)") == Some(1.0),
+    );
+    for _ in 0..4 {
+        traffic::ping(&pair.a, pair.tunnel_addr_b(false), 5);
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/wgpulse.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut per_peer = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$device", ".*")
+                .replace("$__rate_interval", "10s");
+            let answer = query_raw(&pair, prometheus, &expr);
+            assert_eq!(
+                answer["status"], "success",
+                "{}: {expr}: {answer}",
+                panel["title"]
+            );
+            let legend = target["legendFormat"].as_str().unwrap_or_default();
+            if legend.contains("{{name}}") {
+                per_peer += 1;
+                let result = answer["data"]["result"].as_array().unwrap();
+                assert!(
+                    !result.is_empty(),
+                    "{}: no series for {expr}",
+                    panel["title"]
+                );
+                for series in result {
+                    assert_eq!(
+                        series["metric"]["name"], "alice-laptop",
+                        "{}: the legend's name label",
+                        panel["title"]
+                    );
+                }
+            }
+            assert!(
+                !legend.contains("{{public_key}}"),
+                "{}: legends show names, not keys",
+                panel["title"]
+            );
+        }
+    }
+    assert!(per_peer >= 8, "{per_peer} per-peer queries");
+    agent.kill();
+    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(&names_dir);
+}
+
 /// The value of one series in a text exposition.
 fn series(exposition: &str, name: &str, public_key: &str) -> Option<u64> {
     exposition

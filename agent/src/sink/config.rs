@@ -129,7 +129,10 @@ pub struct BatchConfig {
     /// Most body bytes per request (default 1 MiB; a single larger event is sent
     /// alone).
     pub max_bytes: usize,
-    /// How long a partial batch waits for more events (default 1 s).
+    /// How long a partial batch on an idle lane waits for more events (default 0:
+    /// it is sent at once; events that arrive while a request is in flight, or more
+    /// than a batch holds, coalesce into the next request anyway). A higher value
+    /// trades latency for fewer requests.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
 }
@@ -139,7 +142,7 @@ impl Default for BatchConfig {
         Self {
             max_events: 500,
             max_bytes: 1024 * 1024,
-            max_wait: Duration::from_secs(1),
+            max_wait: Duration::ZERO,
         }
     }
 }

@@ -769,8 +769,11 @@ async fn run_lane(inner: Arc<Inner>, h: usize, lane: usize) {
         if hook.target.format == Format::Batch
             && attempt == 0
             && batch.len() < hook.batch.max_events
+            && !hook.batch.max_wait.is_zero()
         {
-            // A partial batch waits up to max_wait (from its oldest event) for more.
+            // A partial batch waits up to max_wait (from its oldest event) for more;
+            // by default it does not: a lane sends what it has as soon as it is idle,
+            // and what arrives meanwhile is the next batch.
             let due = batch[0].created_ms + hook.batch.max_wait.as_millis() as u64;
             let now = now_ms();
             if now < due {
