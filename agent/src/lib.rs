@@ -22,6 +22,7 @@ pub mod offsets;
 pub mod outbox;
 pub mod peers;
 pub mod preflight;
+pub mod privileges;
 pub mod read_through;
 pub mod secrets;
 pub mod server;

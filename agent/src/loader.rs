@@ -23,9 +23,17 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Errors loading or attaching the datapath.
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
-    /// The object could not be loaded (verifier, permissions, kernel too old).
+    /// The object could not be loaded (verifier, kernel too old).
     #[error("loading the eBPF object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    /// The kernel refused for want of a privilege.
+    #[error("loading the eBPF datapath: the kernel refused ({refused}): {explanation}")]
+    Denied {
+        /// What the kernel answered.
+        refused: String,
+        /// Which capability is missing and what to do.
+        explanation: String,
+    },
     /// A program is missing from the object or failed to load or attach.
     #[error("{op} program {program}: {source}")]
     Program {
@@ -176,7 +184,16 @@ impl Datapath {
             .map_max_entries(agent_common::MAP_ENDPOINTS, options.max_peers)
             .map_max_entries(agent_common::MAP_WG_PEERS, wg_peers_capacity)
             .load(EBPF_OBJECT)
-            .map_err(|e| LoaderError::Load(Box::new(e)))?;
+            .map_err(|e| {
+                if crate::privileges::is_denied(&e) {
+                    LoaderError::Denied {
+                        refused: "Operation not permitted".into(),
+                        explanation: crate::privileges::explain(),
+                    }
+                } else {
+                    LoaderError::Load(Box::new(e))
+                }
+            })?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(err) => {

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("wgpulse: {err:#}");
+            eprintln!("wgpulse: {}", chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -137,6 +137,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(delivery.shutdown(std::time::Duration::from_secs(5)));
     tracing::info!("stopped; datapath detached");
     Ok(())
+}
+
+/// An error and its causes on one line, each cause once: many errors already print
+/// their source in their own message, and `{:#}` would repeat it.
+fn chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The log filter, reloadable (SIGHUP).

@@ -147,3 +147,45 @@ fn run_discovers_attaches_reports_and_detaches_on_sigterm() {
     assert_eq!(peer["connected"], true, "{peer}");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[test]
+fn without_privileges_it_says_which_capability_is_missing_once_and_fails() {
+    require_root_and_tools();
+    let ns = NetNs::new("wgnp");
+    let state = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let binary = agent_binary();
+    let out = ns.try_run(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        binary.to_str().unwrap(),
+        "run",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "--metrics-listen",
+        "",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("wgpulse: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert!(
+        error.contains("missing the capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"),
+        "{error}"
+    );
+    assert!(error.contains("run as root"), "{error}");
+    assert!(
+        error.matches("Operation not permitted").count() <= 1,
+        "the cause once: {error}"
+    );
+    assert!(!error.contains("DEVICE_DROPS"), "{error}");
+}
