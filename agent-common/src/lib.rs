@@ -14,8 +14,6 @@ pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_SESSIONS: &str = "SESSIONS";
 /// Name of the per-CPU array (one entry) of [`GlobalStats`].
 pub const MAP_GLOBALS: &str = "GLOBALS";
-/// Name of the per-CPU array of per-device socket drop counters ([`DeviceDrops`]), indexed by device id.
-pub const MAP_DEVICE_DROPS: &str = "DEVICE_DROPS";
 /// Name of the ring buffer of [`SessionEvent`] records.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the array (one entry) holding the kernel structure offsets ([`KernelOffsets`]).
@@ -181,16 +179,6 @@ pub struct GlobalStats {
     pub session_errors: u64,
 }
 
-/// Per-CPU value of the per-device drop map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DeviceDrops {
-    /// Datagrams dropped by the socket of the device's listen port.
-    pub packets: u64,
-    /// Bytes of those datagrams (skb length at the socket: UDP header and payload).
-    pub bytes: u64,
-}
-
 /// Key of the session-index map: a local WireGuard session index of one device.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -345,7 +333,6 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for GlobalStats {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for DeviceDrops {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SessionKey {}
     // SAFETY: as above.

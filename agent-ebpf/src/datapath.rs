@@ -1,8 +1,8 @@
 //! Programs, maps and the packet parser (BPF target only).
 
 use agent_common::{
-    message, DeviceDrops, EndpointKey, EndpointStats, GlobalStats, KernelOffsets, SessionEvent,
-    SessionKey, SessionState, DEFAULT_MAX_PEERS, DEFAULT_MAX_SESSIONS, EVENTS_RING_BYTES,
+    message, EndpointKey, EndpointStats, GlobalStats, KernelOffsets, SessionEvent, SessionKey,
+    SessionState, DEFAULT_MAX_PEERS, DEFAULT_MAX_SESSIONS, EVENTS_RING_BYTES,
     EVENT_ENDPOINT_CHANGED, EVENT_HANDSHAKE_COMPLETE, FAMILY_IPV4, FAMILY_IPV6, MAX_DEVICES,
     PORT_MAP_ENTRIES, ROLE_INITIATOR, ROLE_RESPONDER, SESSION_ESTABLISHED, SESSION_INITIATION_SENT,
     SESSION_RESPONSE_SENT,
@@ -33,10 +33,6 @@ static SESSIONS: LruHashMap<SessionKey, SessionState> =
 /// Datapath-wide counters.
 #[map]
 static GLOBALS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
-
-/// Socket drops per device id.
-#[map]
-static DEVICE_DROPS: PerCpuArray<DeviceDrops> = PerCpuArray::with_max_entries(MAX_DEVICES, 0);
 
 /// Completed handshakes and endpoint changes, for userspace to act on at once.
 #[map]
@@ -196,12 +192,14 @@ fn parse_direct<const ETHERNET: bool>(ctx: &TcContext) -> Option<Parsed> {
     // SAFETY: every read below is within [start, start + l3 + DIRECT_V4), checked above.
     let version = unsafe { *at(l3) } >> 4;
     if ETHERNET {
+        // SAFETY: a probe read at a BTF offset (faults are caught by the helper).
         let ethertype = u16::from_be(unsafe { (at(12) as *const u16).read_unaligned() });
         if !((ethertype == ETH_P_IP && version == 4) || (ethertype == ETH_P_IPV6 && version == 6)) {
             return None;
         }
     }
     if version == 4 {
+        // SAFETY: 20 bytes at l3, within the DIRECT_V4 bound checked above.
         let header: [u8; 20] = unsafe { (at(l3) as *const [u8; 20]).read_unaligned() };
         let fragment = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
         if header[0] != 0x45 || header[9] != IPPROTO_UDP || fragment != 0 {
@@ -216,7 +214,10 @@ fn parse_direct<const ETHERNET: bool>(ctx: &TcContext) -> Option<Parsed> {
             family: FAMILY_IPV4,
             src,
             dst,
+            // SAFETY: the UDP header and message head lie within the direct bound checked
+            // above (DIRECT_V4 / DIRECT_V6 cover them).
             udp: unsafe { (at(udp_offset) as *const [u8; UDP_HLEN]).read_unaligned() },
+            // SAFETY: a probe read at a BTF offset (faults are caught by the helper).
             head: unsafe { (at(udp_offset + UDP_HLEN) as *const [u8; 12]).read_unaligned() },
             udp_offset,
         });
@@ -232,9 +233,15 @@ fn parse_direct<const ETHERNET: bool>(ctx: &TcContext) -> Option<Parsed> {
     let udp_offset = l3 + IPV6_HLEN;
     Some(Parsed {
         family: FAMILY_IPV6,
+        // SAFETY: source and destination addresses at l3+8 and l3+24, within
+        // DIRECT_V6 checked above.
         src: unsafe { (at(l3 + 8) as *const [u8; 16]).read_unaligned() },
+        // SAFETY: a probe read at a BTF offset (faults are caught by the helper).
         dst: unsafe { (at(l3 + 24) as *const [u8; 16]).read_unaligned() },
+        // SAFETY: the UDP header and message head lie within the direct bound checked
+        // above (DIRECT_V4 / DIRECT_V6 cover them).
         udp: unsafe { (at(udp_offset) as *const [u8; UDP_HLEN]).read_unaligned() },
+        // SAFETY: a probe read at a BTF offset (faults are caught by the helper).
         head: unsafe { (at(udp_offset + UDP_HLEN) as *const [u8; 12]).read_unaligned() },
         udp_offset,
     })
@@ -449,6 +456,7 @@ fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Parsed) -> Result<()
     };
     // CLOCK_MONOTONIC_COARSE: jiffy resolution is plenty for last-seen and handshake
     // times, and it costs a fraction of a precise clock read on every packet.
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some((stats, fresh)) = endpoint_stats(&key) else {
         let mut first = false;
@@ -695,6 +703,11 @@ pub fn wgpulse_udp_drop(ctx: BtfTracePointContext) -> i32 {
 /// `valid` value meaning the tracepoint passes `(rc, sk)` only.
 const OFFSETS_SOCK_ONLY: u32 = 2;
 
+/// # Safety
+/// `ctx` must be the `udp_fail_queue_rcv_skb` tracepoint's context: argument 1 a
+/// `struct sock *`, argument 2 (when the offsets say so) a `struct sk_buff *`. Every
+/// read goes through `bpf_probe_read_kernel`, which faults safely.
+// SAFETY: a probe read at a BTF offset (faults are caught by the helper).
 unsafe fn count_drop(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let offsets = match OFFSETS.get(0) {
         Some(o) if o.valid != 0 => *o,
@@ -702,35 +715,45 @@ unsafe fn count_drop(ctx: &BtfTracePointContext) -> Result<(), i64> {
     };
     let sk: *const u8 = ctx.arg(1);
     let local_port: u16 =
+        // SAFETY: sk is the tracepoint's socket; the read is a probe read at an
+        // offset from the kernel's BTF.
         unsafe { bpf_probe_read_kernel(sk.add(offsets.sk_num as usize) as *const u16)? };
     let device = match PORTS.get(local_port as u32) {
         Some(&d) if d != 0 => d - 1,
         _ => return Ok(()),
     };
     let mut attributed = false;
-    let mut bytes = 0u64;
     if offsets.valid != OFFSETS_SOCK_ONLY {
         let skb: *const u8 = ctx.arg(2);
+        // SAFETY (this block and the next reads): probe reads of the skb's fields at
+        // offsets from the kernel's BTF; a bad pointer makes the helper fail, not fault.
         let head: *const u8 = unsafe {
             bpf_probe_read_kernel(skb.add(offsets.skb_head as usize) as *const *const u8)?
         };
+        // SAFETY: a probe read at a BTF offset (faults are caught by the helper).
         let network: u16 = unsafe {
             bpf_probe_read_kernel(skb.add(offsets.skb_network_header as usize) as *const u16)?
         };
+        // SAFETY: a probe read at a BTF offset (faults are caught by the helper).
         let transport: u16 = unsafe {
             bpf_probe_read_kernel(skb.add(offsets.skb_transport_header as usize) as *const u16)?
         };
+        // SAFETY: pointer arithmetic only; the result is only probe-read.
         let ip = unsafe { head.add(network as usize) };
+        // SAFETY: a probe read at a BTF offset (faults are caught by the helper).
         let udp: [u8; UDP_HLEN] = unsafe {
             bpf_probe_read_kernel(head.add(transport as usize) as *const [u8; UDP_HLEN])?
         };
+        // SAFETY: a probe read at a BTF offset (faults are caught by the helper).
         let version: u8 = unsafe { bpf_probe_read_kernel(ip)? } >> 4;
         let mut addr = [0u8; 16];
         let family = if version == 4 {
+            // SAFETY: a probe read of the IPv4 source address.
             let a: [u8; 4] = unsafe { bpf_probe_read_kernel(ip.add(12) as *const [u8; 4])? };
             addr[..4].copy_from_slice(&a);
             FAMILY_IPV4
         } else {
+            // SAFETY: a probe read of the IPv6 source address.
             addr = unsafe { bpf_probe_read_kernel(ip.add(8) as *const [u8; 16])? };
             FAMILY_IPV6
         };
@@ -740,7 +763,7 @@ unsafe fn count_drop(ctx: &BtfTracePointContext) -> Result<(), i64> {
             port: u16::from_be_bytes([udp[0], udp[1]]),
             addr,
         };
-        bytes = (u16::from_be_bytes([udp[4], udp[5]]) as u64).saturating_sub(UDP_HLEN as u64);
+        let bytes = (u16::from_be_bytes([udp[4], udp[5]]) as u64).saturating_sub(UDP_HLEN as u64);
         if let Some(stats) = ENDPOINTS.get_ptr_mut(&key) {
             // SAFETY: this CPU's slot of a per-CPU hash value.
             let stats = unsafe { &mut *stats };
@@ -751,12 +774,6 @@ unsafe fn count_drop(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
     if !attributed {
         bump_global(|g| g.unattributed_drops += 1);
-    }
-    if let Some(drops) = DEVICE_DROPS.get_ptr_mut(device) {
-        // SAFETY: this CPU's slot of a per-CPU array.
-        let drops = unsafe { &mut *drops };
-        drops.packets += 1;
-        drops.bytes += bytes;
     }
     Ok(())
 }

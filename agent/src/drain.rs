@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_common::{
-    DeviceDrops, EndpointKey, EndpointStats, GlobalStats, SessionEvent, EVENT_ENDPOINT_CHANGED,
-    EVENT_HANDSHAKE_COMPLETE, MAP_DEVICE_DROPS, MAP_ENDPOINTS, MAP_EVENTS, MAP_GLOBALS,
-    MAP_WG_PEERS, ROLE_INITIATOR, ROLE_RESPONDER,
+    EndpointKey, EndpointStats, GlobalStats, SessionEvent, EVENT_ENDPOINT_CHANGED,
+    EVENT_HANDSHAKE_COMPLETE, MAP_ENDPOINTS, MAP_EVENTS, MAP_GLOBALS, MAP_WG_PEERS, ROLE_INITIATOR,
+    ROLE_RESPONDER,
 };
 use aya::maps::{IterableMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 
@@ -71,7 +71,6 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub struct Drain {
     endpoints: PerCpuHashMap<MapData, EndpointKey, EndpointStats>,
     globals: PerCpuArray<MapData, GlobalStats>,
-    device_drops: PerCpuArray<MapData, DeviceDrops>,
     ring: RingBuf<MapData>,
     /// The kernel-mode peer readings, when kernel-mode attribution is on.
     kernel: Option<KernelPeers>,
@@ -103,8 +102,6 @@ impl Drain {
             .map_err(|e| open(MAP_ENDPOINTS, e))?;
         let globals = PerCpuArray::try_from(datapath.take_map(MAP_GLOBALS)?)
             .map_err(|e| open(MAP_GLOBALS, e))?;
-        let device_drops = PerCpuArray::try_from(datapath.take_map(MAP_DEVICE_DROPS)?)
-            .map_err(|e| open(MAP_DEVICE_DROPS, e))?;
         let ring =
             RingBuf::try_from(datapath.take_map(MAP_EVENTS)?).map_err(|e| open(MAP_EVENTS, e))?;
         let kernel = match datapath.kernel_mode() {
@@ -119,7 +116,6 @@ impl Drain {
         Ok(Self {
             endpoints,
             globals,
-            device_drops,
             ring,
             kernel,
             logger: datapath.take_logger(),
@@ -307,7 +303,6 @@ impl Drain {
             map_entries,
             map_capacity: self.capacity,
             globals: self.read_globals()?,
-            device_drops: self.read_device_drops()?,
             kernel_peers,
         })
     }
@@ -353,25 +348,6 @@ impl Drain {
             total.session_errors += v.session_errors;
         }
         Ok(total)
-    }
-
-    fn read_device_drops(&self) -> Result<Vec<(u32, DeviceDrops)>, DrainError> {
-        let mut out = Vec::new();
-        for (index, values) in self.device_drops.iter().enumerate() {
-            let values = values.map_err(|e| DrainError::Read {
-                map: MAP_DEVICE_DROPS,
-                source: std::io::Error::other(e),
-            })?;
-            let mut total = DeviceDrops::default();
-            for v in values.iter() {
-                total.packets += v.packets;
-                total.bytes += v.bytes;
-            }
-            if total.packets > 0 {
-                out.push((index as u32, total));
-            }
-        }
-        Ok(out)
     }
 
     /// Every record waiting in the ring buffer, decoded, duplicates dropped.

@@ -1,6 +1,6 @@
 //! Saying which privilege is missing when the kernel refuses: `bpf(2)`, attaching TC
 //! programs and reading WireGuard over netlink fail with EPERM without them, and the
-//! raw error ("failed to create map DEVICE_DROPS: Operation not permitted") says
+//! raw error ("failed to create map GLOBALS: Operation not permitted") says
 //! nothing about what to grant. The effective capabilities come from
 //! `/proc/self/status`.
 

@@ -157,10 +157,14 @@ mod tests {
 
     #[test]
     fn a_slow_device_is_read_at_most_once_per_twenty_read_durations() {
-        assert_eq!(ReadThrough::limit(Duration::from_millis(10)), MIN_AGE);
+        assert_eq!(ReadThrough::limit(Duration::from_millis(1)), MIN_AGE);
         assert_eq!(
-            ReadThrough::limit(Duration::from_millis(200)),
-            Duration::from_secs(4)
+            ReadThrough::limit(Duration::from_millis(50)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            ReadThrough::limit(Duration::from_millis(500)),
+            Duration::from_secs(10)
         );
     }
 }

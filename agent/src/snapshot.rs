@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-pub use agent_common::{DeviceDrops, DirectionStats, EndpointStats, GlobalStats, MessageCounts};
+pub use agent_common::{DirectionStats, EndpointStats, GlobalStats, MessageCounts};
 use agent_common::{EndpointKey, FAMILY_IPV4, FAMILY_IPV6};
 
 /// A remote endpoint of one WireGuard device.
@@ -201,8 +201,6 @@ pub struct Snapshot {
     pub map_capacity: u32,
     /// Datapath-wide counters (totals).
     pub globals: GlobalStats,
-    /// Socket drops per device id (totals).
-    pub device_drops: Vec<(u32, DeviceDrops)>,
     /// Kernel-mode readings of every kernel WireGuard peer in the agent's namespace
     /// (`None`: kernel-mode attribution is off).
     pub kernel_peers: Option<Vec<crate::kernel_mode::KernelPeerReading>>,

@@ -477,7 +477,7 @@ impl PeerTable {
             return;
         };
         self.owners
-            .retain(|_, owner| !(*owner == key.public_key && peer.key.device == key.device));
+            .retain(|id, owner| !(*owner == key.public_key && id.0 == key.device));
         self.former
             .retain(|id, (owner, _)| !(id.0 == key.device && *owner == key.public_key));
         if peer.connected {

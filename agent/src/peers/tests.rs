@@ -598,3 +598,31 @@ fn the_first_address_learned_is_not_a_new_address_alert() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_key_removed_from_one_device_keeps_its_endpoint_on_another() {
+    let mut table = PeerTable::new(THRESHOLD);
+    let mut second = device(vec![wg_peer(1, "192.0.2.9:2000", None)]);
+    second.name = "wgtest1".into();
+    second.listen_port = 51821;
+    table.apply_devices(
+        &[
+            device(vec![wg_peer(1, "192.0.2.1:1000", None)]),
+            second.clone(),
+        ],
+        t(0),
+        t(0),
+    );
+    assert_eq!(
+        table.owner_of("wgtest1", &addr("192.0.2.9:2000")),
+        Some(key(1))
+    );
+    // The same public key leaves the first device only.
+    table.apply_devices(&[device(vec![]), second], t(1), t(1));
+    assert_eq!(table.owner_of(DEV, &addr("192.0.2.1:1000")), None);
+    assert_eq!(
+        table.owner_of("wgtest1", &addr("192.0.2.9:2000")),
+        Some(key(1)),
+        "the other device's peer still owns its endpoint"
+    );
+}
