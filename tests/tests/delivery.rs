@@ -570,6 +570,38 @@ fn a_full_outbox_drops_the_oldest_of_the_slowest_webhook() {
 }
 
 #[test]
+fn a_damaged_outbox_is_set_aside_counted_and_delivery_goes_on() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("outbox.redb"),
+        b"garbage, not a redb file\n".repeat(64),
+    )
+    .unwrap();
+    let harness = Harness::start(
+        &format!("[[webhooks]]\nname = \"w\"\nurl = \"{}\"\n", receiver.url()),
+        "",
+        Some(dir.path()),
+    );
+    assert_eq!(
+        harness.metric("wgpulse_outbox_damaged_total", &[("cause", "unreadable")]),
+        1.0
+    );
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("outbox.redb.bad-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged file is kept aside");
+    harness.delivery.accept(&[event("peer-a", 1)]);
+    receiver.wait_for(1, Duration::from_secs(10));
+}
+
+#[test]
 fn a_dead_letter_flood_keeps_the_outbox_within_its_limit() {
     let receiver = Receiver::start();
     receiver.set_default(Reply::Status(400));
