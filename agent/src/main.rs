@@ -81,17 +81,34 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let registry = prometheus::Registry::new();
-    let delivery = wgpulse::sink::Delivery::start(&config, runtime.handle(), &registry)
-        .context("starting webhook delivery")?;
+    let node = config.node_id();
+    let delivery = wgpulse::sink::Delivery::start(
+        wgpulse::sink::DeliverySettings {
+            state_dir: &config.state_dir,
+            node: &node,
+            outbox: &config.outbox,
+            webhooks: &config.webhooks,
+        },
+        runtime.handle(),
+        &registry,
+    )
+    .context("starting webhook delivery")?;
     let (events, received, stored) = wgpulse::events::EventQueue::durable(EVENT_QUEUE);
     let events = {
         let delivery = delivery.clone();
         events.with_unwritten(std::sync::Arc::new(move || delivery.unwritten()))
     };
-    let writer_health = std::sync::Arc::new(wgpulse::sink::writer::WriterHealth::default());
-    let consumer =
-        wgpulse::sink::writer::spawn(delivery.clone(), received, stored, writer_health.clone())
-            .context("starting the event thread")?;
+    let writer_health = std::sync::Arc::new(wgpulse::outbox::writer::WriterHealth::default());
+    let consumer = {
+        let delivery = delivery.clone();
+        wgpulse::outbox::writer::spawn(
+            move |batch| delivery.accept(batch),
+            received,
+            stored,
+            writer_health.clone(),
+        )
+        .context("starting the event thread")?
+    };
     let agent =
         wgpulse::agent::start(config.clone(), events, None).context("starting the agent")?;
     registry

@@ -272,3 +272,23 @@ sys.stdout.write(str(status) + "\n" + body.decode())
         body.to_owned(),
     )
 }
+
+/// Starts delivery with `config`'s sections, as the agent does.
+pub fn start_delivery(
+    config: &Config,
+    runtime: &tokio::runtime::Handle,
+    registry: &prometheus::Registry,
+) -> wgpulse::sink::Delivery {
+    let node = config.node_id();
+    wgpulse::sink::Delivery::start(
+        wgpulse::sink::DeliverySettings {
+            state_dir: &config.state_dir,
+            node: &node,
+            outbox: &config.outbox,
+            webhooks: &config.webhooks,
+        },
+        runtime,
+        registry,
+    )
+    .expect("starting delivery")
+}

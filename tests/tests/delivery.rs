@@ -38,7 +38,7 @@ impl Harness {
             .build()
             .unwrap();
         let registry = prometheus::Registry::new();
-        let delivery = Delivery::start(&config, runtime.handle(), &registry).unwrap();
+        let delivery = wgpulse_tests::agent::start_delivery(&config, runtime.handle(), &registry);
         Self {
             delivery,
             registry,

@@ -17,6 +17,7 @@ mod overlay;
 pub mod recover;
 pub mod retention;
 mod store;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

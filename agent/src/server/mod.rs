@@ -60,7 +60,7 @@ pub struct ApiState {
     /// Token of `/metrics`.
     pub metrics_token: Option<auth::Token>,
     /// The event writer's health, if the agent runs one.
-    pub writer: Option<Arc<crate::sink::writer::WriterHealth>>,
+    pub writer: Option<Arc<crate::outbox::writer::WriterHealth>>,
 }
 
 /// A running listener; [`Server::shutdown`] stops it gracefully.

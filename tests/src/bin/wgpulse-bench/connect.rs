@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use wgpulse::config::Config;
-use wgpulse::sink::Delivery;
 use wgpulse_tests::agent::InProcessAgent;
 use wgpulse_tests::capture::Capture;
 use wgpulse_tests::receiver::Receiver;
@@ -71,12 +70,11 @@ pub fn run(quick: bool) -> Part {
         .enable_all()
         .build()
         .unwrap();
-    let delivery = Delivery::start(
+    let delivery = wgpulse_tests::agent::start_delivery(
         &delivery_config,
         runtime.handle(),
         &prometheus::Registry::new(),
-    )
-    .unwrap();
+    );
     let (wall0, mono0) = (SystemTime::now(), Instant::now());
 
     let capture = Capture::with_filter(

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wgpulse::config::Config;
 use wgpulse::events::Event;
-use wgpulse::sink::Delivery;
 use wgpulse_tests::receiver::Receiver;
 
 use crate::report::{percentile, Part, Row};
@@ -28,7 +27,7 @@ fn measure(format: &str, n: usize) -> (f64, f64, f64) {
         .build()
         .unwrap();
     let registry = prometheus::Registry::new();
-    let delivery = Delivery::start(&config, runtime.handle(), &registry).unwrap();
+    let delivery = wgpulse_tests::agent::start_delivery(&config, runtime.handle(), &registry);
     let (wall0, mono0) = (SystemTime::now(), Instant::now());
     let events: Vec<Event> = (0..n)
         .map(|i| {

@@ -1,6 +1,7 @@
 //! The event writer thread: takes events off the durable event queue in batches, has
-//! [`super::Delivery::accept`] store them (one outbox transaction, one fsync, per
-//! batch) and reports them stored, which lets the pipeline save the peer state.
+//! delivery's intake store them (`Delivery::accept`: one outbox transaction, one
+//! fsync, per batch) and reports them stored, which lets the pipeline save the peer
+//! state.
 //!
 //! A panic while storing is never silent: it is logged, counted, `/readyz` reports
 //! the writer unhealthy, and the same batch is tried once more (the events are still
@@ -15,7 +16,6 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
 
-use super::Delivery;
 use crate::events::{Event, StoredHandle};
 
 /// Most events stored in one outbox transaction.
@@ -58,23 +58,9 @@ fn store(accept: &impl Fn(&[Event]), batch: &[Event]) -> Result<(), String> {
         .map_err(|payload| panic_text(payload.as_ref()))
 }
 
-/// Starts the writer thread; it ends when the queue's senders are gone.
+/// Starts the writer thread storing each batch with `accept` (delivery's intake; tests
+/// inject faults here); it ends when the queue's senders are gone.
 pub fn spawn(
-    delivery: Delivery,
-    received: Receiver<Event>,
-    stored: StoredHandle,
-    health: Arc<WriterHealth>,
-) -> std::io::Result<JoinHandle<()>> {
-    spawn_with(
-        move |batch| delivery.accept(batch),
-        received,
-        stored,
-        health,
-    )
-}
-
-/// [`spawn`] with any way of storing a batch (tests inject faults here).
-pub fn spawn_with(
     accept: impl Fn(&[Event]) + Send + 'static,
     received: Receiver<Event>,
     stored: StoredHandle,
@@ -131,7 +117,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let writer = {
             let (panicked, seen, watched) = (panicked.clone(), seen.clone(), health.clone());
-            spawn_with(
+            spawn(
                 move |batch: &[Event]| {
                     if !panicked.swap(true, Ordering::SeqCst) {
                         panic!("injected: the store failed");
