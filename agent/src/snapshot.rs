@@ -203,7 +203,7 @@ pub struct Snapshot {
     pub globals: GlobalStats,
     /// Kernel-mode readings of every kernel WireGuard peer in the agent's namespace
     /// (`None`: kernel-mode attribution is off).
-    pub kernel_peers: Option<Vec<crate::kernel_mode::KernelPeerReading>>,
+    pub kernel_peers: Option<Vec<KernelPeerReading>>,
 }
 
 /// Role of the local device in a completed handshake.
@@ -302,4 +302,27 @@ mod tests {
             Duration::from_secs(1)
         );
     }
+}
+
+/// One kernel WireGuard peer as the probe last read it, folded over the CPUs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KernelPeerReading {
+    /// WireGuard's internal id of the peer (new for every peer added).
+    pub internal_id: u64,
+    /// The peer's public key.
+    pub public_key: crate::wg::PublicKey,
+    /// Interface index of its device.
+    pub ifindex: u32,
+    /// Name of its device (resolved in the agent's namespace when read).
+    pub device: Option<String>,
+    /// Inode number of the device's network namespace (0: unknown).
+    pub netns: u32,
+    /// Bytes WireGuard accepted from the peer (`wg show transfer` received).
+    pub rx_bytes: u64,
+    /// Bytes WireGuard sent to the peer (`wg show transfer` sent).
+    pub tx_bytes: u64,
+    /// WireGuard's last completed handshake.
+    pub last_handshake: Option<SystemTime>,
+    /// WireGuard's endpoint for the peer.
+    pub endpoint: Option<SocketAddr>,
 }

@@ -235,7 +235,7 @@ mod tests {
         wg_peer.endpoint = Some("192.0.2.1:51820".parse().unwrap());
         let mut table = PeerTable::new(Duration::from_secs(180));
         table.apply_devices(&[kernel_device(wg_peer)], t0, t0);
-        let reading = crate::kernel_mode::KernelPeerReading {
+        let reading = crate::snapshot::KernelPeerReading {
             internal_id: 4,
             public_key: PublicKey([7; 32]),
             ifindex: 3,

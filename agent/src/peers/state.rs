@@ -262,7 +262,7 @@ impl KernelView {
     /// The view after a new reading, given the peer's wire counters now.
     pub fn observe(
         previous: Option<KernelView>,
-        reading: &crate::kernel_mode::KernelPeerReading,
+        reading: &crate::snapshot::KernelPeerReading,
         wire: &WireCounters,
     ) -> Self {
         let counters = [
@@ -385,7 +385,7 @@ impl PeerState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_mode::KernelPeerReading;
+    use crate::snapshot::KernelPeerReading;
 
     fn reading(internal_id: u64, rx: u64, tx: u64) -> KernelPeerReading {
         KernelPeerReading {

@@ -61,7 +61,7 @@ impl PeerTable {
     /// Applies the kernel-mode readings of a drain (after its wire samples) to the
     /// peers they belong to; readings of devices or peers the table does not know yet
     /// wait for the next drain.
-    pub fn apply_kernel(&mut self, readings: &[crate::kernel_mode::KernelPeerReading]) {
+    pub fn apply_kernel(&mut self, readings: &[crate::snapshot::KernelPeerReading]) {
         for reading in readings {
             let Some(device) = &reading.device else {
                 continue;

@@ -1,0 +1,127 @@
+//! Reading the endpoint map in bulk: `BPF_MAP_LOOKUP_BATCH` (thousands of entries per
+//! system call, into buffers kept across drains), or key by key on kernels without
+//! batch operations.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use agent_common::{EndpointKey, EndpointStats, MAP_ENDPOINTS};
+use aya::maps::IterableMap;
+
+use super::{Drain, DrainError, BATCH_ENTRIES};
+use crate::snapshot::merge_stats;
+
+impl Drain {
+    /// Reads every endpoint (summed over CPUs) with batched lookups, falling back to
+    /// key-by-key iteration on kernels without batch operations.
+    pub fn read_endpoints(&mut self) -> Result<Vec<(EndpointKey, EndpointStats)>, DrainError> {
+        if self.batch_supported {
+            match self.read_endpoints_batched() {
+                Ok(entries) => return Ok(entries),
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!("batched map lookups unsupported, reading key by key");
+                    self.batch_supported = false;
+                }
+                Err(source) => {
+                    return Err(DrainError::Read {
+                        map: MAP_ENDPOINTS,
+                        source,
+                    })
+                }
+            }
+        }
+        let mut entries = Vec::new();
+        for item in self.endpoints.iter() {
+            let (key, values) = item.map_err(|e| DrainError::Read {
+                map: MAP_ENDPOINTS,
+                source: std::io::Error::other(e),
+            })?;
+            entries.push((key, sum_cpus(&values)));
+        }
+        Ok(entries)
+    }
+
+    fn read_endpoints_batched(&mut self) -> std::io::Result<Vec<(EndpointKey, EndpointStats)>> {
+        let fd = self.endpoints.map().fd().as_fd().as_raw_fd();
+        let value_stride = std::mem::size_of::<EndpointStats>().next_multiple_of(8);
+        let keys = &mut self.batch_keys;
+        keys.resize(BATCH_ENTRIES as usize, EndpointKey::default());
+        let values = &mut self.batch_values;
+        values.resize(BATCH_ENTRIES as usize * self.cpus * value_stride, 0);
+        let mut out = Vec::with_capacity(self.last_raw.len());
+        let mut in_batch = 0u64;
+        let mut out_batch = 0u64;
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    &in_batch as *const u64 as u64
+                },
+                out_batch: &mut out_batch as *mut u64 as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: BATCH_ENTRIES,
+                map_fd: fd as u32,
+                elem_flags: 0,
+                flags: 0,
+            };
+            // SAFETY: `attr` points at buffers sized for `count` keys and per-CPU values,
+            // which outlive the call; the kernel writes at most `count` entries.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    std::mem::size_of::<BatchAttr>(),
+                )
+            };
+            let err = (rc < 0).then(std::io::Error::last_os_error);
+            let done = matches!(&err, Some(e) if e.raw_os_error() == Some(libc::ENOENT));
+            if let Some(err) = err.filter(|_| !done) {
+                return Err(err);
+            }
+            for (i, key) in keys.iter().take(attr.count as usize).enumerate() {
+                let mut total = EndpointStats::default();
+                for cpu in 0..self.cpus {
+                    let at = (i * self.cpus + cpu) * value_stride;
+                    // SAFETY: the kernel wrote a value of this Pod type at this offset.
+                    let value: EndpointStats = unsafe {
+                        std::ptr::read_unaligned(values[at..].as_ptr() as *const EndpointStats)
+                    };
+                    merge_stats(&mut total, &value);
+                }
+                out.push((*key, total));
+            }
+            if done {
+                return Ok(out);
+            }
+            in_batch = out_batch;
+            first = false;
+        }
+    }
+}
+
+pub(super) fn sum_cpus(values: &[EndpointStats]) -> EndpointStats {
+    let mut total = EndpointStats::default();
+    for v in values {
+        merge_stats(&mut total, v);
+    }
+    total
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` command number (linux/bpf.h).
+pub(super) const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+pub(super) struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
