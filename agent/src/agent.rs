@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::alerts::{Alert, AlertEngine};
 use crate::config::Config;
+use crate::datapath::kprobes::KernelAttribution;
+use crate::datapath::links;
+use crate::datapath::{Datapath, DeviceIds, LoadOptions, LoaderError};
 use crate::drain::{Drain, DrainError};
 use crate::events::{self, EventQueue};
-use crate::kernel_mode::KernelAttribution;
-use crate::links;
-use crate::loader::{Datapath, DeviceIds, LoadOptions, LoaderError};
 use crate::peers::names::NamesWatcher;
 use crate::peers::persist::{PersistError, StateFile};
 use crate::peers::save_schedule::SaveSchedule;

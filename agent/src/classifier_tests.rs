@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use agent_common::programs;
 use aya::programs::{TestRun, TestRunOptions};
 
+use crate::datapath::{Datapath, LoadOptions};
 use crate::drain::Drain;
-use crate::loader::{Datapath, LoadOptions};
 use crate::snapshot::{EndpointStats, GlobalStats, Role, SessionNotice};
 use crate::testing::{self, FrameOptions};
 

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
+use wgpulse::datapath::links;
+use wgpulse::datapath::{Datapath, LoadOptions};
 use wgpulse::drain::Drain;
-use wgpulse::links;
-use wgpulse::loader::{Datapath, LoadOptions};
 use wgpulse::snapshot::{EndpointStats, Role, SessionNotice};
 use wgpulse_tests::capture::{self, Capture};
 use wgpulse_tests::netns::{NetNs, Veth};

@@ -83,7 +83,7 @@ pub struct Config {
     pub log_level: String,
     /// Kernel-mode attribution: `auto` (kprobes on kernel WireGuard where the module,
     /// its BTF and kprobes exist; TC-only elsewhere) or `off`.
-    pub kernel_attribution: crate::kernel_mode::KernelAttribution,
+    pub kernel_attribution: crate::datapath::kprobes::KernelAttribution,
     /// Peer names (TOML or JSON: public key -> name, user, email, tags), re-read
     /// when it changes; none by default.
     pub peers_file: Option<PathBuf>,

@@ -20,7 +20,7 @@ use agent_common::{
 };
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 
-use crate::loader::{Datapath, LoaderError};
+use crate::datapath::{Datapath, LoaderError};
 use crate::snapshot::{merge_stats, stats_delta, BootClock, Endpoint, EndpointSample, Snapshot};
 use endpoints::{went_backwards, Carried};
 use kernel_peers::KernelPeers;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use agent_common::programs;
 use aya::programs::{TestRun, TestRunOptions};
-use wgpulse::loader::{Datapath, LoadOptions};
+use wgpulse::datapath::{Datapath, LoadOptions};
 use wgpulse::testing::{self, FrameOptions};
 
 const ROUNDS: usize = 15;

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use agent_common::programs;
 use aya::programs::{TestRun, TestRunOptions};
+use wgpulse::datapath::{Datapath, LoadOptions};
 use wgpulse::drain::Drain;
-use wgpulse::loader::{Datapath, LoadOptions};
 use wgpulse::testing::{self, FrameOptions};
 
 use crate::report::{median, Part, Plot, Row, Series};

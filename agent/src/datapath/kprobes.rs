@@ -19,8 +19,6 @@ use aya::programs::KProbe;
 use aya::Ebpf;
 use serde::Serialize;
 
-use crate::offsets;
-
 /// Whether the agent may use kernel-mode attribution (`kernel_attribution`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,10 +37,10 @@ pub fn available() -> Result<(), String> {
     if !Path::new("/sys/module/wireguard").exists() {
         return Err("the wireguard kernel module is not loaded".into());
     }
-    if !Path::new(offsets::WIREGUARD_BTF).exists() {
+    if !Path::new(crate::datapath::btf::WIREGUARD_BTF).exists() {
         return Err(format!(
             "the kernel exposes no BTF for the wireguard module ({} is missing)",
-            offsets::WIREGUARD_BTF
+            crate::datapath::btf::WIREGUARD_BTF
         ));
     }
     Ok(())
@@ -51,11 +49,11 @@ pub fn available() -> Result<(), String> {
 /// Attaches the peer probe (once [`available`] said yes); `Err` says why kernel mode
 /// cannot run after all (offsets not in the BTF, kprobes refused).
 pub fn attach(ebpf: &mut Ebpf) -> Result<String, String> {
-    let offsets = offsets::Btf::from_split_files(
-        Path::new(offsets::WIREGUARD_BTF),
-        Path::new(offsets::VMLINUX_BTF),
+    let offsets = crate::datapath::btf::Btf::from_split_files(
+        Path::new(crate::datapath::btf::WIREGUARD_BTF),
+        Path::new(crate::datapath::btf::VMLINUX_BTF),
     )
-    .and_then(|btf| offsets::wg_peer_offsets(&btf))
+    .and_then(|btf| crate::datapath::btf::wg_peer_offsets(&btf))
     .map_err(|e| format!("reading struct wg_peer from BTF: {e}"))?;
     write_offsets(ebpf, offsets)?;
     let program: &mut KProbe = ebpf

@@ -2,20 +2,28 @@
 //! the endpoint map, attaches the classifiers to underlay interfaces (TCX on kernels
 //! 6.6 and later, clsact through netlink before), attaches the socket-drop tracepoint
 //! and, where kernel WireGuard runs, the kernel-mode peer probe
-//! ([`crate::kernel_mode`]); keeps the port map in step with the WireGuard devices, and
+//! ([`crate::datapath::kprobes`]); keeps the port map in step with the WireGuard devices, and
 //! detaches everything on drop.
+//!
+//! The files: this module (loading, the port map), `attach` (classifiers on
+//! interfaces), `drops` (the socket-drop tracepoint), [`btf`] (kernel struct offsets from
+//! BTF), [`kprobes`] (kernel-mode attribution: availability and attach), [`links`]
+//! (which interfaces to attach to).
+
+mod attach;
+use attach::Attachment;
+pub mod btf;
+mod drops;
+pub mod kprobes;
+pub mod links;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use agent_common::{programs, KernelOffsets, MAP_OFFSETS, MAP_PORTS, MAX_DEVICES};
 use aya::maps::{Array, Map, MapData};
-use aya::programs::tc::{self, SchedClassifierLinkId, TcAttachType};
-use aya::programs::{BtfTracePoint, SchedClassifier};
+use aya::programs::SchedClassifier;
 use aya::{Btf, Ebpf, EbpfLoader};
-
-use crate::links::Interface;
-use crate::offsets;
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wgpulse"));
@@ -136,13 +144,6 @@ impl DeviceIds {
     }
 }
 
-/// One attached interface.
-struct Attachment {
-    interface: String,
-    ingress: (&'static str, SchedClassifierLinkId),
-    egress: (&'static str, SchedClassifierLinkId),
-}
-
 /// The loaded datapath. Dropping it detaches every program.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -169,7 +170,7 @@ impl Datapath {
     pub fn load(options: &LoadOptions) -> Result<Self, LoaderError> {
         raise_memlock_limit();
         let kernel_mode_possible = if options.kernel_attribution {
-            crate::kernel_mode::available()
+            crate::datapath::kprobes::available()
         } else {
             Err("turned off (kernel_attribution = \"off\")".to_owned())
         };
@@ -209,7 +210,8 @@ impl Datapath {
                 source: Box::new(e),
             })?;
         }
-        let kernel_mode = kernel_mode_possible.and_then(|()| crate::kernel_mode::attach(&mut ebpf));
+        let kernel_mode =
+            kernel_mode_possible.and_then(|()| crate::datapath::kprobes::attach(&mut ebpf));
         let ports =
             Array::try_from(take_map(&mut ebpf, MAP_PORTS)?).map_err(|e| LoaderError::Map {
                 op: "opening",
@@ -240,144 +242,6 @@ impl Datapath {
     /// datapath counts with the TC classifiers only.
     pub fn kernel_mode(&self) -> Result<&str, &str> {
         self.kernel_mode.as_deref().map_err(String::as_str)
-    }
-
-    fn attach_drop_counter(&mut self) -> Result<String, String> {
-        let offsets = offsets::Btf::from_file(Path::new("/sys/kernel/btf/vmlinux"))
-            .and_then(|btf| offsets::kernel_offsets(&btf))
-            .map_err(|e| e.to_string())?;
-        let mut map: Array<&mut MapData, KernelOffsets> = Array::try_from(
-            self.ebpf
-                .map_mut(MAP_OFFSETS)
-                .ok_or_else(|| format!("map {MAP_OFFSETS} missing"))?,
-        )
-        .map_err(|e| e.to_string())?;
-        map.set(0, offsets, 0).map_err(|e| e.to_string())?;
-        let btf = Btf::from_sys_fs().map_err(|e| e.to_string())?;
-        let program: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut(programs::UDP_DROPS)
-            .ok_or("drop program missing")?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        program
-            .load(programs::UDP_DROPS_TRACEPOINT, &btf)
-            .map_err(|e| format!("loading tp_btf/{}: {e}", programs::UDP_DROPS_TRACEPOINT))?;
-        program
-            .attach()
-            .map_err(|e| format!("attaching tp_btf/{}: {e}", programs::UDP_DROPS_TRACEPOINT))?;
-        Ok(if offsets.valid == offsets::OFFSETS_WITH_SKB {
-            "per endpoint".into()
-        } else {
-            "per device (kernel tracepoint has no skb)".into()
-        })
-    }
-
-    /// How socket drops are counted, or `None` when the tracepoint is not attached.
-    pub fn drop_counter_mode(&self) -> Option<&str> {
-        self.drop_counter.as_deref()
-    }
-
-    /// Attaches the ingress and egress classifiers to an interface (idempotent).
-    pub fn attach(&mut self, interface: &Interface) -> Result<(), LoaderError> {
-        if self
-            .attachments
-            .iter()
-            .any(|a| a.interface == interface.name)
-        {
-            return Ok(());
-        }
-        let (ingress_name, egress_name) = if interface.ethernet {
-            (programs::INGRESS, programs::EGRESS)
-        } else {
-            (programs::INGRESS_L3, programs::EGRESS_L3)
-        };
-        let ingress = self.attach_one(&interface.name, ingress_name, TcAttachType::Ingress)?;
-        let egress = match self.attach_one(&interface.name, egress_name, TcAttachType::Egress) {
-            Ok(link) => link,
-            Err(err) => {
-                let _ = program_mut(&mut self.ebpf, ingress_name).and_then(|p| {
-                    p.detach(ingress).map_err(|e| LoaderError::Program {
-                        op: "detaching",
-                        program: ingress_name,
-                        source: Box::new(e),
-                    })
-                });
-                return Err(err);
-            }
-        };
-        tracing::info!(interface = %interface.name, ethernet = interface.ethernet, "datapath attached");
-        self.attachments.push(Attachment {
-            interface: interface.name.clone(),
-            ingress: (ingress_name, ingress),
-            egress: (egress_name, egress),
-        });
-        Ok(())
-    }
-
-    fn attach_one(
-        &mut self,
-        interface: &str,
-        name: &'static str,
-        direction: TcAttachType,
-    ) -> Result<SchedClassifierLinkId, LoaderError> {
-        let direction_name = match direction {
-            TcAttachType::Ingress => "ingress",
-            _ => "egress",
-        };
-        let program = program_mut(&mut self.ebpf, name)?;
-        match program.attach(interface, direction) {
-            Ok(link) => Ok(link),
-            Err(first) => {
-                // Kernels before 6.6 attach through netlink and need a clsact qdisc.
-                if aya::util::KernelVersion::current()
-                    .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-                {
-                    return Err(LoaderError::Attach {
-                        interface: interface.into(),
-                        direction: direction_name,
-                        source: Box::new(first),
-                    });
-                }
-                let _ = tc::qdisc_add_clsact(interface);
-                program
-                    .attach(interface, direction)
-                    .map_err(|e| LoaderError::Attach {
-                        interface: interface.into(),
-                        direction: direction_name,
-                        source: Box::new(e),
-                    })
-            }
-        }
-    }
-
-    /// Detaches the classifiers from an interface (no-op if not attached).
-    pub fn detach(&mut self, interface: &str) {
-        let Some(at) = self
-            .attachments
-            .iter()
-            .position(|a| a.interface == interface)
-        else {
-            return;
-        };
-        let attachment = self.attachments.remove(at);
-        for (name, link) in [attachment.ingress, attachment.egress] {
-            if let Ok(program) = program_mut(&mut self.ebpf, name) {
-                if let Err(err) = program.detach(link) {
-                    // The interface may already be gone, taking the link with it.
-                    tracing::debug!(interface, "detaching {name}: {err}");
-                }
-            }
-        }
-        tracing::info!(interface, "datapath detached");
-    }
-
-    /// Interfaces the classifiers are attached to.
-    pub fn attached(&self) -> Vec<String> {
-        self.attachments
-            .iter()
-            .map(|a| a.interface.clone())
-            .collect()
     }
 
     /// Makes the port map equal `ports` (local UDP port -> device id): the datapath
