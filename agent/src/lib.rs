@@ -7,7 +7,6 @@
 //! [`outbox`] stores events durably; [`sink`] delivers them to webhooks; [`metrics`]
 //! and [`server`] expose the table to Prometheus and the local API.
 
-pub mod agent;
 pub mod alerts;
 pub mod apiclient;
 pub mod cli;
@@ -18,9 +17,9 @@ pub mod events;
 pub mod metrics;
 pub mod outbox;
 pub mod peers;
+pub mod pipeline;
 pub mod preflight;
 pub mod privileges;
-pub mod read_through;
 pub mod secrets;
 pub mod server;
 pub mod sink;

@@ -110,7 +110,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the event thread")?
     };
     let agent =
-        wgpulse::agent::start(config.clone(), events, None).context("starting the agent")?;
+        wgpulse::pipeline::start(config.clone(), events, None).context("starting the agent")?;
     registry
         .register(Box::new(wgpulse::metrics::AgentCollector::new(
             agent.shared(),
@@ -202,7 +202,7 @@ fn reload(
     path: Option<&Path>,
     log_filter: &LogFilter,
     delivery: &wgpulse::sink::Delivery,
-    agent: &wgpulse::agent::RunningAgent,
+    agent: &wgpulse::pipeline::RunningAgent,
 ) {
     let Some(path) = path else {
         tracing::info!("SIGHUP: no configuration file to re-read; re-reading the peers file");

@@ -62,5 +62,5 @@ pub struct Shared {
     /// Counters of the event queue.
     pub events: Arc<QueueStats>,
     /// Device reads a scrape asks for.
-    pub read_through: crate::read_through::ReadThrough,
+    pub read_through: crate::pipeline::read_through::ReadThrough,
 }

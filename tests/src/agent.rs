@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wgpulse::agent::{self, Observation, RunningAgent};
 use wgpulse::config::Config;
 use wgpulse::events::{Event, EventQueue};
+use wgpulse::pipeline::{self, Observation, RunningAgent};
 use wgpulse::status::Shared;
 
 use std::io::{BufRead as _, BufReader};
@@ -54,7 +54,7 @@ impl InProcessAgent {
         let (observer, observations) = crossbeam_channel::bounded(100_000);
         let running = {
             let _inside = ns.enter();
-            agent::start(config, queue, Some(observer)).expect("starting the agent")
+            pipeline::start(config, queue, Some(observer)).expect("starting the agent")
         };
         let agent = Self {
             running: Some(running),

@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wgpulse::agent::{self, Observation};
 use wgpulse::config::Config;
 use wgpulse::events::{Event, EventQueue};
 use wgpulse::peers::KernelView;
+use wgpulse::pipeline::{self, Observation};
 use wgpulse::wg::{DiscoveryOptions, PublicKey};
 use wgpulse_tests::agent::{kinds, InProcessAgent};
 use wgpulse_tests::kernel_wg::{KernelDevice, KernelPair};
@@ -150,7 +150,7 @@ fn wire_counts_match_the_interface_counters_and_wg_show() {
     let (observer, observations) = crossbeam_channel::bounded(100_000);
     let running = {
         let _inside = pair.b.enter();
-        agent::start(config, queue, Some(observer)).expect("starting the agent")
+        pipeline::start(config, queue, Some(observer)).expect("starting the agent")
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

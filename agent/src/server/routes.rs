@@ -114,7 +114,10 @@ pub async fn handle(state: &ApiState, request: Request<Incoming>, remote: Socket
                     .refresh_for_scrape(std::time::Instant::now())
             })
             .await;
-            if matches!(freshness, Ok(crate::read_through::Freshness::Stale)) {
+            if matches!(
+                freshness,
+                Ok(crate::pipeline::read_through::Freshness::Stale)
+            ) {
                 tracing::debug!(
                     "scrape: the device read did not finish in time; serving older counters"
                 );

@@ -28,7 +28,7 @@ impl Running {
         let registry = prometheus::Registry::new();
         let state = ApiState {
             shared: Arc::new(Shared {
-                read_through: crate::read_through::ReadThrough::new().0,
+                read_through: crate::pipeline::read_through::ReadThrough::new().0,
                 table: RwLock::new(PeerTable::new(Duration::from_secs(180))),
                 status: RwLock::new(AgentStatus::default()),
                 events: Arc::default(),

@@ -1,0 +1,116 @@
+//! Changes out: events on the event queue (in order, blocking while it is full),
+//! alerts, observations for tests, and the state saved once its events are stored.
+
+use std::time::{Instant, SystemTime};
+
+use super::{Observation, Pipeline, STORE_TIMEOUT};
+use crate::alerts::Alert;
+use crate::events;
+use crate::peers::{Change, ChangeKind};
+
+impl Pipeline {
+    pub(super) fn observe(&self, observation: Observation) {
+        if let Some(observer) = &self.observer {
+            let _ = observer.try_send(observation);
+        }
+    }
+
+    /// Sends the changes as events, in order (blocking while the queue is full), and
+    /// schedules a save of the state (see [`SaveSchedule`]).
+    pub(super) fn emit(&mut self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
+        let mut alerts = Vec::new();
+        for change in &changes {
+            self.send(events::from_change(change, &self.node));
+            if let Change::Peer {
+                kind: ChangeKind::Update,
+                peer,
+                new_address: Some(address),
+                ..
+            } = change
+            {
+                alerts.extend(self.alerts.on_new_address(peer, *address, now));
+            }
+        }
+        self.raise(alerts);
+        self.saves.changed(Instant::now());
+    }
+
+    pub(super) fn send(&self, event: events::Event) {
+        if event.event == events::EVENT_HANDSHAKE {
+            tracing::debug!(identifier = %event.identifier, id = %event.id, "handshake event");
+        } else {
+            tracing::info!(
+                event = %event.kind(),
+                identifier = %event.identifier,
+                id = %event.id,
+                "event"
+            );
+        }
+        if self.events.send(event).is_err() {
+            tracing::error!("the event consumer has stopped: event not sent");
+        }
+    }
+
+    pub(super) fn raise(&self, alerts: Vec<Alert>) {
+        for alert in alerts {
+            tracing::warn!(alert = alert.kind.as_str(), subject = %alert.subject, evidence = %alert.evidence, "alert");
+            *self
+                .shared
+                .status
+                .write()
+                .expect("not poisoned")
+                .alerts
+                .entry(alert.kind.as_str().to_owned())
+                .or_default() += 1;
+            self.send(events::Event::new(
+                &self.node,
+                events::ENTITY_ALERT,
+                alert.kind.as_str(),
+                &alert.subject,
+                alert.payload(),
+            ));
+        }
+    }
+
+    /// Writes the state, but only once every event sent so far is stored durably:
+    /// the state describing a change is saved only after its events are in the
+    /// outbox, so a crash in between repeats an event at the next start, never loses
+    /// one. Until then, and after a failed write, the schedule tries again later.
+    pub(super) fn save(&mut self) {
+        if !self.events.wait_stored(STORE_TIMEOUT) || !self.events.all_durable() {
+            if let Some(suppressed) = self.save_throttle.allow(Instant::now()) {
+                tracing::warn!(
+                    suppressed,
+                    "the peer state waits to be saved: its events are not on disk yet"
+                );
+            }
+            self.saves.saved(Instant::now(), false);
+            return;
+        }
+        let state = self.table().save(SystemTime::now());
+        let result = self.state_file.save(&state);
+        self.saves.saved(Instant::now(), result.is_ok());
+        let mut status = self.shared.status.write().expect("not poisoned");
+        match result {
+            Ok(()) => {
+                status.persist_saves += 1;
+                if status.persist_error.take().is_some() {
+                    tracing::info!("peer state saved again");
+                }
+            }
+            Err(err) => {
+                status.persist_failures += 1;
+                if status.persist_error.is_none() {
+                    tracing::error!(
+                        "saving peer state (kept in memory, retried with back-off): {err}"
+                    );
+                }
+                status.persist_error = Some(err.to_string());
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Device reads: WireGuard devices and peers (netlink, UAPI), the port map, the
+//! interfaces the classifiers are attached to, and the peer names.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Instant, SystemTime};
+
+use super::{Observation, Pipeline};
+use crate::datapath::links;
+use crate::peers::names::NamesWatcher;
+use crate::wg::{self, Device, DiscoveryOptions};
+
+impl Pipeline {
+    /// Re-reads devices and interfaces; updates the port map, the attachments and
+    /// the peer table.
+    pub(super) fn refresh(&mut self) {
+        let started = Instant::now();
+        self.read_devices();
+        self.shared
+            .read_through
+            .completed(started, started.elapsed());
+    }
+
+    /// Re-reads devices and interfaces (see [`Pipeline::refresh`]).
+    pub(super) fn read_devices(&mut self) {
+        let options = DiscoveryOptions {
+            socket_dir: self.config.wireguard_socket_dir.clone(),
+            only: self.config.devices.clone(),
+        };
+        let read_started = SystemTime::now();
+        let devices = match wg::discover_all(&options) {
+            Ok(mut found) => {
+                // A device that exists but did not answer (stopped or busy daemon)
+                // is not gone: keep its last reading rather than report a delete.
+                for name in &found.unreadable {
+                    if let Some(last) = self.devices.iter().find(|d| &d.name == name) {
+                        found.devices.push(last.clone());
+                    }
+                }
+                found.devices.sort_by(|a, b| a.name.cmp(&b.name));
+                found.devices
+            }
+            Err(err) => {
+                tracing::warn!("reading WireGuard devices: {err}");
+                self.shared
+                    .status
+                    .write()
+                    .expect("not poisoned")
+                    .discovery_error = Some(err.to_string());
+                return;
+            }
+        };
+        let names: BTreeSet<String> = devices.iter().map(|d| d.name.clone()).collect();
+        for gone in self.devices.iter().filter(|d| !names.contains(&d.name)) {
+            self.ids.remove(&gone.name);
+        }
+        let mut ports = HashMap::new();
+        for device in &devices {
+            match self.ids.id(&device.name) {
+                Ok(id) if device.listen_port != 0 => {
+                    ports.insert(device.listen_port, id);
+                }
+                Ok(_) => {}
+                Err(err) => tracing::error!(device = %device.name, "{err}"),
+            }
+        }
+        if let Err(err) = self.datapath.set_ports(&ports) {
+            tracing::error!("updating the port map: {err}");
+        }
+        let summary = |devices: &[Device]| -> Vec<(String, u16, usize)> {
+            devices
+                .iter()
+                .map(|d| (d.name.clone(), d.listen_port, d.peers.len()))
+                .collect()
+        };
+        if summary(&devices) != summary(&self.devices) || self.devices.is_empty() {
+            tracing::info!(
+                devices = ?devices.iter().map(|d| (&d.name, d.listen_port, d.peers.len())).collect::<Vec<_>>(),
+                "WireGuard devices"
+            );
+        }
+        self.devices = devices;
+        self.attach_interfaces();
+        self.reload_names();
+        let changes =
+            self.table_mut()
+                .apply_devices(&self.devices, read_started, SystemTime::now());
+        {
+            let mut status = self.shared.status.write().expect("not poisoned");
+            status.devices_read_at = Some(SystemTime::now());
+            status.discovery_error = None;
+            status.attached = self.datapath.attached();
+        }
+        if !changes.is_empty() {
+            self.emit(changes);
+        } else {
+            // Counters only: saved now and then.
+            self.saves.counters_moved(Instant::now());
+        }
+        if self.observer.is_some() {
+            self.observe(Observation::Devices(self.devices.clone()));
+        }
+    }
+
+    /// Re-reads `peers_file` if it changed; a bad file keeps the previous names.
+    pub(super) fn reload_names(&mut self) {
+        let Some(result) = self.names.as_mut().and_then(NamesWatcher::poll) else {
+            return;
+        };
+        let error = match result {
+            Ok(names) => {
+                tracing::info!(names = names.len(), "peer names loaded");
+                self.table_mut().set_names(names);
+                None
+            }
+            Err(err) => {
+                tracing::error!("{err}; the previous names stay in force");
+                Some(err.to_string())
+            }
+        };
+        self.shared
+            .status
+            .write()
+            .expect("not poisoned")
+            .names_error = error;
+    }
+
+    pub(super) fn attach_interfaces(&mut self) {
+        let all = match links::list() {
+            Ok(all) => all,
+            Err(err) => {
+                tracing::warn!("{err}");
+                return;
+            }
+        };
+        let device_names: Vec<String> = self.devices.iter().map(|d| d.name.clone()).collect();
+        let wanted = match links::select(&all, &self.config.interfaces, &device_names) {
+            Ok(wanted) => wanted,
+            Err(err) => {
+                tracing::error!("{err}");
+                self.shared
+                    .status
+                    .write()
+                    .expect("not poisoned")
+                    .attach_error = Some(err.to_string());
+                return;
+            }
+        };
+        for name in self.datapath.attached() {
+            if !wanted.iter().any(|i| i.name == name) {
+                self.datapath.detach(&name);
+            }
+        }
+        let mut error = None;
+        for interface in &wanted {
+            if let Err(err) = self.datapath.attach(interface) {
+                tracing::error!("{err}");
+                error = Some(err.to_string());
+            }
+        }
+        self.shared
+            .status
+            .write()
+            .expect("not poisoned")
+            .attach_error = error;
+    }
+}

@@ -1,0 +1,93 @@
+//! The pipeline thread's loop: waits for a drain, a session notice, a scrape's read
+//! request or the next timer (device refresh, handshake expiry, state save), and does
+//! what is due.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::Pipeline;
+use crate::snapshot::DatapathMessage;
+
+impl Pipeline {
+    pub(super) fn run(
+        &mut self,
+        receive: crossbeam_channel::Receiver<DatapathMessage>,
+        read_requests: crossbeam_channel::Receiver<()>,
+        stop: Arc<AtomicBool>,
+    ) {
+        self.refresh();
+        let mut next_refresh = Instant::now() + self.config.refresh_interval;
+        // The connection rule runs after a handshake time may have moved (a session
+        // notice, a device read) and when the earliest handshake expires; a drain or a
+        // wake-up with nothing new (every 100 ms, to see `stop`) does not scan the
+        // peers.
+        let mut table_changed = true;
+        let mut next_expiry: Option<SystemTime> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let mut timeout = next_refresh
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            if let Some(expiry) = next_expiry {
+                let until = expiry
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                timeout = timeout.min(until);
+            }
+            if let Some(due) = self.saves.due() {
+                timeout = timeout.min(due.saturating_duration_since(Instant::now()));
+            }
+            let mut refresh_now = false;
+            let mut scrape_asked = false;
+            crossbeam_channel::select! {
+                recv(receive) -> message => match message {
+                    // Counters only: a drain moves no handshake time, so the
+                    // connection rule has nothing new to decide (its expiries are
+                    // timed below).
+                    Ok(DatapathMessage::Snapshot(snapshot)) => self.on_snapshot(snapshot),
+                    Ok(DatapathMessage::Session(notice)) => {
+                        refresh_now = self.on_notice(notice);
+                        table_changed = true;
+                    }
+                    Err(_) => break,
+                },
+                recv(read_requests) -> _ => scrape_asked = true,
+                default(timeout) => {}
+            }
+            if refresh_now || scrape_asked || Instant::now() >= next_refresh {
+                if refresh_now {
+                    self.shared
+                        .status
+                        .write()
+                        .expect("not poisoned")
+                        .immediate_refreshes += 1;
+                }
+                self.refresh();
+                next_refresh = Instant::now() + self.config.refresh_interval;
+                table_changed = true;
+            }
+            let now = SystemTime::now();
+            if table_changed || next_expiry.is_some_and(|expiry| now >= expiry) {
+                let (changes, expiry) = {
+                    let mut table = self.table_mut();
+                    let changes = table.tick(now);
+                    (changes, table.next_expiry())
+                };
+                next_expiry = expiry;
+                table_changed = false;
+                self.emit(changes);
+            }
+            if self.saves.is_due(Instant::now()) {
+                self.save();
+            }
+            if self.reload_names.swap(false, Ordering::Relaxed) {
+                if let Some(names) = &mut self.names {
+                    names.forget_seen();
+                }
+                self.reload_names();
+            }
+        }
+        self.save();
+        self.datapath.detach_all();
+    }
+}
