@@ -487,5 +487,4 @@ impl AlertEngine {
 }
 
 #[cfg(test)]
-#[path = "alerts_tests.rs"]
 mod tests;
