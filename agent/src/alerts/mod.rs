@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::events::payload::time;
-use crate::peers::{PeerState, WireSample};
+use crate::peers::WireSample;
 use crate::wg::PublicKey;
 
 /// Most peers named in a `socket_drops` alert's `DropsByPeer` (those with the most
@@ -158,7 +158,7 @@ impl Alert {
 /// Which side sent the initiations nobody answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-enum Direction {
+pub(super) enum Direction {
     /// The remote initiates, the local device never responds.
     Inbound,
     /// The local device initiates, the remote never responds.
@@ -166,7 +166,7 @@ enum Direction {
 }
 
 #[derive(Debug)]
-struct Unanswered {
+pub(super) struct Unanswered {
     since: SystemTime,
     last: SystemTime,
     initiations: u64,
@@ -174,12 +174,12 @@ struct Unanswered {
 
 /// Counts over a sliding window.
 #[derive(Debug, Default)]
-struct Window {
+pub(super) struct Window {
     entries: VecDeque<(SystemTime, u64)>,
 }
 
 impl Window {
-    fn add(&mut self, at: SystemTime, count: u64, width: Duration) -> u64 {
+    pub(super) fn add(&mut self, at: SystemTime, count: u64, width: Duration) -> u64 {
         if count > 0 {
             self.entries.push_back((at, count));
         }
@@ -206,6 +206,38 @@ pub struct AlertEngine {
 }
 
 impl AlertEngine {
+    /// Evaluates one drain. `owner` names the peer (public key) an endpoint belongs
+    /// to, if any. Each rule is a file of this module.
+    pub fn on_drain(
+        &mut self,
+        samples: &[WireSample],
+        owner: impl Fn(&str, &SocketAddr) -> Option<PublicKey>,
+        now: SystemTime,
+    ) -> Vec<Alert> {
+        if !self.config.enabled {
+            return Vec::new();
+        }
+        let mut cookies: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut drops: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut invalid: BTreeMap<(&str, IpAddr), u64> = BTreeMap::new();
+        for sample in samples {
+            let delta = &sample.delta;
+            self.track_unanswered(sample, now);
+            *cookies.entry(&sample.device).or_default() += delta.tx.messages.cookies;
+            *drops.entry(&sample.device).or_default() += delta.socket_drops;
+            *invalid
+                .entry((&sample.device, sample.endpoint.ip()))
+                .or_default() += delta.rx.invalid_packets;
+            self.track_drops_by_peer(sample, &owner, now);
+        }
+        let mut alerts = self.unanswered_alerts(&owner, now);
+        alerts.extend(self.invalid_floods(&invalid, now));
+        alerts.extend(self.cookie_storms(&cookies, now));
+        alerts.extend(self.socket_drops(&drops, now));
+        self.windows.retain(|_, w| !w.entries.is_empty());
+        alerts
+    }
+
     /// An engine with `config`'s thresholds.
     pub fn new(config: AlertsConfig) -> Self {
         Self {
@@ -217,245 +249,11 @@ impl AlertEngine {
         }
     }
 
-    /// Evaluates one drain. `owner` names the peer (public key) an endpoint belongs
-    /// to, if any.
-    pub fn on_drain(
-        &mut self,
-        samples: &[WireSample],
-        owner: impl Fn(&str, &SocketAddr) -> Option<PublicKey>,
-        now: SystemTime,
-    ) -> Vec<Alert> {
-        if !self.config.enabled {
-            return Vec::new();
-        }
-        let mut alerts = Vec::new();
-        let width = self.config.window;
-        let per_second = width.as_secs_f64();
-        let mut cookies: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut drops: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut invalid: BTreeMap<(&str, IpAddr), u64> = BTreeMap::new();
-        for sample in samples {
-            let delta = &sample.delta;
-            self.track_unanswered(
-                sample,
-                Direction::Inbound,
-                delta.rx.messages.initiations,
-                delta.tx.messages.responses + delta.tx.messages.cookies,
-                now,
-            );
-            self.track_unanswered(
-                sample,
-                Direction::Outbound,
-                delta.tx.messages.initiations,
-                delta.rx.messages.responses + delta.rx.messages.cookies,
-                now,
-            );
-            *cookies.entry(&sample.device).or_default() += delta.tx.messages.cookies;
-            *drops.entry(&sample.device).or_default() += delta.socket_drops;
-            *invalid
-                .entry((&sample.device, sample.endpoint.ip()))
-                .or_default() += delta.rx.invalid_packets;
-            if delta.socket_drops > 0 {
-                let peer = owner(&sample.device, &sample.endpoint)
-                    .map(|k| k.to_base64())
-                    .unwrap_or_else(|| "unknown".into());
-                self.drops_by_peer
-                    .entry(sample.device.clone())
-                    .or_default()
-                    .entry(peer)
-                    .or_default()
-                    .add(now, delta.socket_drops, width);
-            }
-        }
-
-        let due: Vec<(String, SocketAddr, Direction)> = self
-            .unanswered
-            .iter()
-            .filter(|(_, u)| {
-                u.initiations >= 2
-                    && now.duration_since(u.since).unwrap_or_default()
-                        >= self.config.handshake_unanswered_after
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (device, endpoint, direction) in due {
-            let entry = &self.unanswered[&(device.clone(), endpoint, direction)];
-            let peer = owner(&device, &endpoint).map(|k| k.to_base64());
-            let evidence = json!({
-                "Endpoint": endpoint.to_string(),
-                "Direction": direction,
-                "Initiations": entry.initiations,
-                "UnansweredSince": time(Some(entry.since)),
-                "Peer": peer,
-            });
-            let subject = format!("{device}/{endpoint}");
-            alerts.extend(self.fire(
-                AlertType::HandshakeUnanswered,
-                Severity::Warning,
-                &device,
-                subject,
-                evidence,
-                now,
-            ));
-        }
-        let forget_after = self
-            .config
-            .handshake_unanswered_after
-            .max(Duration::from_secs(300));
-        self.unanswered
-            .retain(|_, u| now.duration_since(u.last).unwrap_or_default() < forget_after);
-
-        for ((device, source), count) in invalid {
-            let subject = format!("{device}/{source}");
-            let total = self
-                .window(AlertType::InvalidFlood, &subject)
-                .add(now, count, width);
-            let rate = total as f64 / per_second;
-            if count > 0 && rate >= self.config.invalid_flood_per_second {
-                let evidence = json!({
-                    "Source": source.to_string(),
-                    "InvalidPackets": total,
-                    "PerSecond": rate,
-                    "WindowSeconds": per_second,
-                });
-                alerts.extend(self.fire(
-                    AlertType::InvalidFlood,
-                    Severity::Warning,
-                    device,
-                    subject,
-                    evidence,
-                    now,
-                ));
-            }
-        }
-        for (device, count) in cookies {
-            let total = self
-                .window(AlertType::CookieStorm, device)
-                .add(now, count, width);
-            let rate = total as f64 / per_second;
-            if count > 0 && rate >= self.config.cookie_storm_per_second {
-                let evidence = json!({
-                    "CookieReplies": total,
-                    "PerSecond": rate,
-                    "WindowSeconds": per_second,
-                });
-                alerts.extend(self.fire(
-                    AlertType::CookieStorm,
-                    Severity::Warning,
-                    device,
-                    device.to_owned(),
-                    evidence,
-                    now,
-                ));
-            }
-        }
-        for (device, count) in drops {
-            let total = self
-                .window(AlertType::SocketDrops, device)
-                .add(now, count, width);
-            let rate = total as f64 / per_second;
-            if count > 0 && rate >= self.config.socket_drops_per_second {
-                let mut by_peer: Vec<(String, u64)> = self
-                    .drops_by_peer
-                    .get_mut(device)
-                    .map(|peers| {
-                        peers
-                            .iter_mut()
-                            .map(|(peer, window)| (peer.clone(), window.add(now, 0, width)))
-                            .filter(|(_, n)| *n > 0)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                // The peers with the most drops; the rest summed, so that a device with
-                // thousands of peers does not make a payload (and a log line) of
-                // hundreds of kilobytes.
-                by_peer.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                let others = by_peer.split_off(by_peer.len().min(DROPS_BY_PEER_LISTED));
-                let mut evidence = json!({
-                    "Drops": total,
-                    "PerSecond": rate,
-                    "WindowSeconds": per_second,
-                    "DropsByPeer": by_peer.into_iter().collect::<BTreeMap<String, u64>>(),
-                    "Hint": "the WireGuard socket's receive buffer overflowed: raise net.core.rmem_max (sysctl -w net.core.rmem_max=16777216) and the buffer the WireGuard implementation requests, or give it more CPU",
-                });
-                if !others.is_empty() {
-                    evidence["OtherPeers"] = json!({
-                        "Peers": others.len(),
-                        "Drops": others.iter().map(|(_, n)| n).sum::<u64>(),
-                    });
-                }
-                alerts.extend(self.fire(
-                    AlertType::SocketDrops,
-                    Severity::Critical,
-                    device,
-                    device.to_owned(),
-                    evidence,
-                    now,
-                ));
-            }
-        }
-        self.windows.retain(|_, w| !w.entries.is_empty());
-        alerts
-    }
-
-    /// A peer's endpoint moved to an address it never used before.
-    pub fn on_new_address(
-        &mut self,
-        peer: &PeerState,
-        address: IpAddr,
-        now: SystemTime,
-    ) -> Vec<Alert> {
-        if !(self.config.enabled && self.config.endpoint_new_address) {
-            return Vec::new();
-        }
-        let evidence = json!({
-            "Peer": peer.key.public_key.to_base64(),
-            "Address": address.to_string(),
-            "Endpoint": peer.endpoint.map(|e| e.to_string()),
-            "AddressesSeen": peer.addresses_seen.len(),
-        });
-        let subject = format!("{}/{address}", peer.key.public_key.to_base64());
-        self.fire(
-            AlertType::EndpointNewAddress,
-            Severity::Info,
-            &peer.key.device,
-            subject,
-            evidence,
-            now,
-        )
-        .into_iter()
-        .collect()
-    }
-
-    fn track_unanswered(
-        &mut self,
-        sample: &WireSample,
-        direction: Direction,
-        initiations: u64,
-        answers: u64,
-        now: SystemTime,
-    ) {
-        let key = (sample.device.clone(), sample.endpoint, direction);
-        if answers > 0 {
-            self.unanswered.remove(&key);
-            return;
-        }
-        if initiations > 0 {
-            let entry = self.unanswered.entry(key).or_insert(Unanswered {
-                since: now,
-                last: now,
-                initiations: 0,
-            });
-            entry.initiations += initiations;
-            entry.last = now;
-        }
-    }
-
-    fn window(&mut self, kind: AlertType, subject: &str) -> &mut Window {
+    pub(super) fn window(&mut self, kind: AlertType, subject: &str) -> &mut Window {
         self.windows.entry((kind, subject.to_owned())).or_default()
     }
 
-    fn fire(
+    pub(super) fn fire(
         &mut self,
         kind: AlertType,
         severity: Severity,
@@ -485,6 +283,12 @@ impl AlertEngine {
         })
     }
 }
+
+mod cookie_storm;
+mod endpoint_new_address;
+mod handshake_unanswered;
+mod invalid_flood;
+mod socket_drops;
 
 #[cfg(test)]
 mod tests;
