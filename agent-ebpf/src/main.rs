@@ -9,9 +9,25 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod datapath;
+mod account;
+#[cfg(target_arch = "bpf")]
+mod classifiers;
+#[cfg(target_arch = "bpf")]
+mod drops;
 #[cfg(target_arch = "bpf")]
 mod kernel_peers;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod sessions;
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -1,0 +1,65 @@
+//! The maps the programs share with userspace (names and sizes from `agent-common`).
+
+use agent_common::{
+    EndpointKey, EndpointStats, GlobalStats, KernelOffsets, SessionKey, SessionState,
+    DEFAULT_MAX_PEERS, DEFAULT_MAX_SESSIONS, EVENTS_RING_BYTES, MAX_DEVICES, PORT_MAP_ENTRIES,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+
+/// Per-endpoint counters; userspace sets `max_entries` to `max_peers` before loading.
+#[map]
+pub(crate) static ENDPOINTS: PerCpuHashMap<EndpointKey, EndpointStats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_PEERS, 0);
+
+/// Local UDP port -> device id + 1 (0: not a WireGuard port).
+#[map]
+pub(crate) static PORTS: Array<u32> = Array::with_max_entries(PORT_MAP_ENTRIES, 0);
+
+/// Our WireGuard session indices, to recognise completed handshakes and roaming.
+#[map]
+pub(crate) static SESSIONS: LruHashMap<SessionKey, SessionState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
+
+/// Datapath-wide counters.
+#[map]
+pub(crate) static GLOBALS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Completed handshakes and endpoint changes, for userspace to act on at once.
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Per device: monotonic (coarse) ns of the last handshake response we sent. Ingress
+/// data consults the session map only while a responder handshake may be waiting
+/// for its confirming data (or for an endpoint seen for the first time).
+#[map]
+pub(crate) static LAST_RESPONSE: Array<u64> = Array::with_max_entries(MAX_DEVICES, 0);
+
+/// Kernel structure offsets for the drop tracepoint, written by userspace from BTF.
+#[map]
+pub(crate) static OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
+
+/// A zeroed value to create new endpoint entries from (kept out of the 512-byte stack).
+pub(crate) static ZERO_STATS: EndpointStats = EndpointStats {
+    rx: ZERO_DIRECTION,
+    tx: ZERO_DIRECTION,
+    socket_drops: 0,
+    socket_drop_bytes: 0,
+};
+
+pub(crate) const ZERO_DIRECTION: agent_common::DirectionStats = agent_common::DirectionStats {
+    packets: 0,
+    bytes: 0,
+    invalid_packets: 0,
+    invalid_bytes: 0,
+    messages: agent_common::MessageCounts {
+        initiations: 0,
+        responses: 0,
+        cookies: 0,
+        data: 0,
+    },
+    last_packet_ns: 0,
+    last_handshake_ns: 0,
+};

@@ -1,0 +1,179 @@
+//! Following WireGuard session indices: a completed handshake, told from an attempt,
+//! and a roam, reported on the ring buffer the moment they happen.
+
+use crate::account::*;
+use crate::maps::*;
+use agent_common::{
+    EndpointKey, SessionEvent, SessionKey, SessionState, EVENT_ENDPOINT_CHANGED,
+    EVENT_HANDSHAKE_COMPLETE, ROLE_INITIATOR, ROLE_RESPONDER, SESSION_ESTABLISHED,
+    SESSION_INITIATION_SENT, SESSION_RESPONSE_SENT,
+};
+use aya_ebpf::bindings::BPF_ANY;
+
+/// How long after sending a response its confirming data is looked for: the
+/// initiator confirms within a round trip (keepalive at once if it has no data).
+pub(crate) const CONFIRM_WINDOW_NS: u64 = 30_000_000_000;
+
+/// Follows session indices: a response to our initiation, or the first data on the
+/// index of our response, completes a handshake; data on an established session from
+/// another endpoint is roaming.
+#[inline(always)]
+pub(crate) fn track_session<const INGRESS: bool>(
+    class: Class,
+    endpoint: &EndpointKey,
+    first_index: u32,
+    second_index: u32,
+    now: u64,
+    fresh_endpoint: bool,
+) {
+    let device = endpoint.device;
+    match (INGRESS, class) {
+        // We initiate: sender index at offset 4 is ours.
+        (false, Class::Initiation) => {
+            let state = SessionState {
+                endpoint: *endpoint,
+                state: SESSION_INITIATION_SENT,
+                remote_index: 0,
+                updated_ns: now,
+            };
+            remember_session(device, first_index, &state);
+        }
+        // We respond: our sender index at 4, the initiator's index at 8.
+        (false, Class::Response) => {
+            if let Some(last) = LAST_RESPONSE.get_ptr_mut(device) {
+                // SAFETY: a plain array slot; a racing writer stores a similar time.
+                unsafe { *last = now };
+            }
+            let state = SessionState {
+                endpoint: *endpoint,
+                state: SESSION_RESPONSE_SENT,
+                remote_index: second_index,
+                updated_ns: now,
+            };
+            remember_session(device, first_index, &state);
+        }
+        // A response to us: their sender index at 4, our index at 8.
+        (true, Class::Response) => {
+            let key = SessionKey {
+                device,
+                index: second_index,
+            };
+            if let Some(session) = SESSIONS.get_ptr_mut(&key) {
+                // SAFETY: an LRU map value; racing writers can at worst duplicate an
+                // event, which userspace de-duplicates by (device, local index).
+                let session = unsafe { &mut *session };
+                if session.state == SESSION_INITIATION_SENT {
+                    session.state = SESSION_ESTABLISHED;
+                    session.remote_index = first_index;
+                    session.endpoint = *endpoint;
+                    session.updated_ns = now;
+                    emit(
+                        EVENT_HANDSHAKE_COMPLETE,
+                        ROLE_INITIATOR,
+                        now,
+                        second_index,
+                        first_index,
+                        endpoint,
+                        None,
+                    );
+                }
+            }
+        }
+        // Data to us: our index at 4. Only a response awaiting confirmation or a new
+        // endpoint (roaming) can make it an event, so the lookup is skipped otherwise.
+        (true, Class::Data) => {
+            let recent_response = LAST_RESPONSE
+                .get(device)
+                .is_some_and(|last| now.wrapping_sub(*last) < CONFIRM_WINDOW_NS);
+            if !(fresh_endpoint || recent_response) {
+                return;
+            }
+            let key = SessionKey {
+                device,
+                index: first_index,
+            };
+            if let Some(session) = SESSIONS.get_ptr_mut(&key) {
+                // SAFETY: as above.
+                let session = unsafe { &mut *session };
+                if session.state == SESSION_RESPONSE_SENT {
+                    session.state = SESSION_ESTABLISHED;
+                    session.endpoint = *endpoint;
+                    session.updated_ns = now;
+                    emit(
+                        EVENT_HANDSHAKE_COMPLETE,
+                        ROLE_RESPONDER,
+                        now,
+                        first_index,
+                        session.remote_index,
+                        endpoint,
+                        None,
+                    );
+                } else if session.state == SESSION_ESTABLISHED
+                    && !same_endpoint(&session.endpoint, endpoint)
+                {
+                    let previous = session.endpoint;
+                    session.endpoint = *endpoint;
+                    session.updated_ns = now;
+                    emit(
+                        EVENT_ENDPOINT_CHANGED,
+                        0,
+                        now,
+                        first_index,
+                        session.remote_index,
+                        endpoint,
+                        Some(&previous),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[inline(always)]
+pub(crate) fn same_endpoint(a: &EndpointKey, b: &EndpointKey) -> bool {
+    a.family == b.family && a.port == b.port && a.addr == b.addr
+}
+
+#[inline(always)]
+pub(crate) fn remember_session(device: u32, index: u32, state: &SessionState) {
+    let key = SessionKey { device, index };
+    if SESSIONS.insert(&key, state, BPF_ANY as u64).is_err() {
+        bump_global(|g| g.session_errors += 1);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn emit(
+    kind: u32,
+    role: u32,
+    now: u64,
+    local_index: u32,
+    remote_index: u32,
+    endpoint: &EndpointKey,
+    previous: Option<&EndpointKey>,
+) {
+    match EVENTS.reserve::<SessionEvent>(0) {
+        Some(mut entry) => {
+            entry.write(SessionEvent {
+                kind,
+                role,
+                timestamp_ns: now,
+                local_index,
+                remote_index,
+                endpoint: *endpoint,
+                previous: match previous {
+                    Some(p) => *p,
+                    None => EndpointKey {
+                        device: 0,
+                        family: 0,
+                        port: 0,
+                        addr: [0; 16],
+                    },
+                },
+            });
+            entry.submit(0);
+        }
+        None => bump_global(|g| g.events_lost += 1),
+    }
+}
