@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod apiclient;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod datapath;

@@ -54,7 +54,12 @@ impl InProcessAgent {
         let (observer, observations) = crossbeam_channel::bounded(100_000);
         let running = {
             let _inside = ns.enter();
-            pipeline::start(config, queue, Some(observer)).expect("starting the agent")
+            pipeline::start(
+                wgpulse::app::pipeline_settings(&config),
+                queue,
+                Some(observer),
+            )
+            .expect("starting the agent")
         };
         let agent = Self {
             running: Some(running),

@@ -150,7 +150,12 @@ fn wire_counts_match_the_interface_counters_and_wg_show() {
     let (observer, observations) = crossbeam_channel::bounded(100_000);
     let running = {
         let _inside = pair.b.enter();
-        pipeline::start(config, queue, Some(observer)).expect("starting the agent")
+        pipeline::start(
+            wgpulse::app::pipeline_settings(&config),
+            queue,
+            Some(observer),
+        )
+        .expect("starting the agent")
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

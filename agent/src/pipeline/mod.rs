@@ -21,7 +21,6 @@ mod run;
 use std::time::{Duration, Instant};
 
 use crate::alerts::AlertEngine;
-use crate::config::Config;
 use crate::datapath::kprobes::KernelAttribution;
 use crate::datapath::{Datapath, LoadOptions, LoaderError};
 use crate::drain::{Drain, DrainError};
@@ -54,6 +53,36 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bound of the channel between the drain thread and the pipeline.
 const DATAPATH_CHANNEL: usize = 1024;
+
+/// What the pipeline is started with: its keys of the configuration (see the README's
+/// configuration table for each).
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    /// `node` (or the host name): put in every event.
+    pub node: String,
+    /// `state_dir`: where `peers.json` lives.
+    pub state_dir: std::path::PathBuf,
+    /// `interfaces`: where the classifiers attach (empty: the default selection).
+    pub interfaces: Vec<String>,
+    /// `devices`: the WireGuard devices watched (empty: all).
+    pub devices: Vec<String>,
+    /// `wireguard_socket_dir`: userspace WireGuard's UAPI sockets.
+    pub wireguard_socket_dir: std::path::PathBuf,
+    /// `max_peers`: the endpoint map's bound.
+    pub max_peers: u32,
+    /// `drain_interval`.
+    pub drain_interval: Duration,
+    /// `refresh_interval`.
+    pub refresh_interval: Duration,
+    /// `disconnect_after`.
+    pub disconnect_after: Duration,
+    /// `kernel_attribution`.
+    pub kernel_attribution: KernelAttribution,
+    /// `peers_file`.
+    pub peers_file: Option<std::path::PathBuf>,
+    /// `[alerts]`.
+    pub alerts: crate::alerts::AlertsConfig,
+}
 
 /// What the pipeline reports to whoever watches the agent (tests, the API later).
 #[derive(Clone, Debug)]
@@ -111,7 +140,7 @@ impl Drop for RunningAgent {
 /// every device list, snapshot and notice (never blocking the agent: observations
 /// are dropped when it is full).
 pub fn start(
-    config: Config,
+    config: PipelineSettings,
     events: EventQueue,
     observer: Option<crossbeam_channel::Sender<Observation>>,
 ) -> Result<RunningAgent, AgentError> {
@@ -163,7 +192,7 @@ pub fn start(
         .map_err(|e| AgentError::Thread("drain", e))?;
 
     let mut pipeline = Pipeline {
-        node: config.node_id(),
+        node: config.node.clone(),
         alerts: AlertEngine::new(config.alerts.clone()),
         names: config.peers_file.clone().map(NamesWatcher::new),
         saves: SaveSchedule::new(Instant::now()),
@@ -228,7 +257,7 @@ fn load_table(file: &StateFile, disconnect_after: Duration) -> PeerTable {
 
 /// Owns the datapath's control side and turns drained data into state and events.
 struct Pipeline {
-    config: Config,
+    config: PipelineSettings,
     node: String,
     datapath: Datapath,
     ids: DeviceIds,
