@@ -26,10 +26,8 @@ pub mod server;
 pub mod sink;
 pub mod snapshot;
 pub mod status;
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod textpos;
 pub mod throttle;
 pub mod wg;
-
-#[cfg(test)]
-mod classifier_tests;

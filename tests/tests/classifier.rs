@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use agent_common::programs;
 use aya::programs::{TestRun, TestRunOptions};
 
-use crate::datapath::{Datapath, LoadOptions};
-use crate::drain::Drain;
-use crate::snapshot::{EndpointStats, GlobalStats, Role, SessionNotice};
-use crate::testing::{self, FrameOptions};
+use wgpulse::datapath::{Datapath, LoadOptions};
+use wgpulse::drain::Drain;
+use wgpulse::snapshot::{EndpointStats, GlobalStats, Role, SessionNotice};
+use wgpulse::testing::{self, FrameOptions};
 
 const TC_ACT_PIPE: u32 = 3;
 const PORT: u16 = 51820;
