@@ -112,7 +112,7 @@ pub struct Datapath {
     port_devices: HashMap<u16, u32>,
     attachments: Vec<Attachment>,
     drop_counter: Option<String>,
-    kernel_mode: Result<String, String>,
+    kernel_mode: Result<String, kprobes::KernelModeOff>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -133,7 +133,7 @@ impl Datapath {
         let kernel_mode_possible = if options.kernel_attribution {
             crate::datapath::kprobes::available()
         } else {
-            Err("turned off (kernel_attribution = \"off\")".to_owned())
+            Err(kprobes::KernelModeOff::TurnedOff)
         };
         // The per-CPU peer map holds one entry per kernel WireGuard peer; where kernel
         // mode cannot run it is created with one entry only.
@@ -201,8 +201,8 @@ impl Datapath {
 
     /// Kernel-mode attribution: `Ok` with what is attached, `Err` with why the
     /// datapath counts with the TC classifiers only.
-    pub fn kernel_mode(&self) -> Result<&str, &str> {
-        self.kernel_mode.as_deref().map_err(String::as_str)
+    pub fn kernel_mode(&self) -> Result<&str, &kprobes::KernelModeOff> {
+        self.kernel_mode.as_deref()
     }
 
     /// Makes the port map equal `ports` (local UDP port -> device id): the datapath

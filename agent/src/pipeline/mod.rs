@@ -156,7 +156,7 @@ pub fn start(
     let kernel_mode = datapath
         .kernel_mode()
         .map(str::to_owned)
-        .map_err(str::to_owned);
+        .map_err(ToString::to_string);
     match &kernel_mode {
         Ok(how) => tracing::info!("kernel-mode attribution on ({how})"),
         Err(why) => tracing::info!(
