@@ -52,17 +52,7 @@ pub(crate) fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Parsed) -
 
     // Message type and indices: type byte, three reserved zero bytes, then the indices.
     let head = datagram.head;
-    let mut class = Class::Invalid;
-    let single_len = if segments > 1 { 0 } else { payload };
-    if payload >= message::DATA_MIN_LEN && head[1] == 0 && head[2] == 0 && head[3] == 0 {
-        class = match head[0] {
-            message::INITIATION if single_len == message::INITIATION_LEN => Class::Initiation,
-            message::RESPONSE if single_len == message::RESPONSE_LEN => Class::Response,
-            message::COOKIE if single_len == message::COOKIE_LEN => Class::Cookie,
-            message::DATA => Class::Data,
-            _ => Class::Invalid,
-        };
-    }
+    let class = classify(&head, payload, segments);
     let first_index = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
     let second_index = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
 
@@ -77,18 +67,7 @@ pub(crate) fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Parsed) -
     // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some((stats, fresh)) = endpoint_stats(&key) else {
-        let mut first = false;
-        bump_global(|g| {
-            first = g.overflow_packets == 0;
-            g.overflow_packets += packets;
-            g.overflow_bytes += payload as u64;
-        });
-        if first {
-            warn!(
-                ctx,
-                "endpoint map full: traffic of new endpoints is counted as overflow"
-            );
-        }
+        count_overflow(ctx, packets, payload);
         return Ok(());
     };
     // SAFETY: a per-CPU map value of this CPU; nothing else writes it concurrently.
@@ -99,12 +78,46 @@ pub(crate) fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Parsed) -
             &mut (*stats).tx
         }
     };
+    if !count(direction, class, packets, payload, now) {
+        return Ok(());
+    }
+    track_session::<INGRESS>(class, &key, first_index, second_index, now, fresh);
+    Ok(())
+}
+
+/// The message class from the head of a payload: type byte, three reserved zero
+/// bytes, and the exact length of each handshake message (a GSO skb holds data only).
+#[inline(always)]
+fn classify(head: &[u8; 12], payload: u32, segments: u32) -> Class {
+    let single_len = if segments > 1 { 0 } else { payload };
+    if payload < message::DATA_MIN_LEN || head[1] != 0 || head[2] != 0 || head[3] != 0 {
+        return Class::Invalid;
+    }
+    match head[0] {
+        message::INITIATION if single_len == message::INITIATION_LEN => Class::Initiation,
+        message::RESPONSE if single_len == message::RESPONSE_LEN => Class::Response,
+        message::COOKIE if single_len == message::COOKIE_LEN => Class::Cookie,
+        message::DATA => Class::Data,
+        _ => Class::Invalid,
+    }
+}
+
+/// Counts a datagram in its direction's counters; false for an invalid one (counted
+/// apart, and no session to follow).
+#[inline(always)]
+fn count(
+    direction: &mut agent_common::DirectionStats,
+    class: Class,
+    packets: u64,
+    payload: u32,
+    now: u64,
+) -> bool {
     direction.last_packet_ns = now;
     match class {
         Class::Invalid => {
             direction.invalid_packets += packets;
             direction.invalid_bytes += payload as u64;
-            return Ok(());
+            return false;
         }
         Class::Initiation => {
             direction.messages.initiations += 1;
@@ -119,9 +132,24 @@ pub(crate) fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Parsed) -
     }
     direction.packets += packets;
     direction.bytes += payload as u64;
+    true
+}
 
-    track_session::<INGRESS>(class, &key, first_index, second_index, now, fresh);
-    Ok(())
+/// Traffic of a new endpoint while the map is full: counted as overflow (logged once).
+#[inline(always)]
+fn count_overflow(ctx: &TcContext, packets: u64, payload: u32) {
+    let mut first = false;
+    bump_global(|g| {
+        first = g.overflow_packets == 0;
+        g.overflow_packets += packets;
+        g.overflow_bytes += payload as u64;
+    });
+    if first {
+        warn!(
+            ctx,
+            "endpoint map full: traffic of new endpoints is counted as overflow"
+        );
+    }
 }
 
 /// The endpoint's per-CPU counters, created on first sight (then `fresh` is true);

@@ -26,107 +26,122 @@ pub(crate) fn track_session<const INGRESS: bool>(
     now: u64,
     fresh_endpoint: bool,
 ) {
-    let device = endpoint.device;
     match (INGRESS, class) {
         // We initiate: sender index at offset 4 is ours.
-        (false, Class::Initiation) => {
-            let state = SessionState {
-                endpoint: *endpoint,
-                state: SESSION_INITIATION_SENT,
-                remote_index: 0,
-                updated_ns: now,
-            };
-            remember_session(device, first_index, &state);
-        }
+        (false, Class::Initiation) => initiation_sent(endpoint, first_index, now),
         // We respond: our sender index at 4, the initiator's index at 8.
-        (false, Class::Response) => {
-            if let Some(last) = LAST_RESPONSE.get_ptr_mut(device) {
-                // SAFETY: a plain array slot; a racing writer stores a similar time.
-                unsafe { *last = now };
-            }
-            let state = SessionState {
-                endpoint: *endpoint,
-                state: SESSION_RESPONSE_SENT,
-                remote_index: second_index,
-                updated_ns: now,
-            };
-            remember_session(device, first_index, &state);
-        }
+        (false, Class::Response) => response_sent(endpoint, first_index, second_index, now),
         // A response to us: their sender index at 4, our index at 8.
-        (true, Class::Response) => {
-            let key = SessionKey {
-                device,
-                index: second_index,
-            };
-            if let Some(session) = SESSIONS.get_ptr_mut(&key) {
-                // SAFETY: an LRU map value; racing writers can at worst duplicate an
-                // event, which userspace de-duplicates by (device, local index).
-                let session = unsafe { &mut *session };
-                if session.state == SESSION_INITIATION_SENT {
-                    session.state = SESSION_ESTABLISHED;
-                    session.remote_index = first_index;
-                    session.endpoint = *endpoint;
-                    session.updated_ns = now;
-                    emit(
-                        EVENT_HANDSHAKE_COMPLETE,
-                        ROLE_INITIATOR,
-                        now,
-                        second_index,
-                        first_index,
-                        endpoint,
-                        None,
-                    );
-                }
-            }
-        }
-        // Data to us: our index at 4. Only a response awaiting confirmation or a new
-        // endpoint (roaming) can make it an event, so the lookup is skipped otherwise.
-        (true, Class::Data) => {
-            let recent_response = LAST_RESPONSE
-                .get(device)
-                .is_some_and(|last| now.wrapping_sub(*last) < CONFIRM_WINDOW_NS);
-            if !(fresh_endpoint || recent_response) {
-                return;
-            }
-            let key = SessionKey {
-                device,
-                index: first_index,
-            };
-            if let Some(session) = SESSIONS.get_ptr_mut(&key) {
-                // SAFETY: as above.
-                let session = unsafe { &mut *session };
-                if session.state == SESSION_RESPONSE_SENT {
-                    session.state = SESSION_ESTABLISHED;
-                    session.endpoint = *endpoint;
-                    session.updated_ns = now;
-                    emit(
-                        EVENT_HANDSHAKE_COMPLETE,
-                        ROLE_RESPONDER,
-                        now,
-                        first_index,
-                        session.remote_index,
-                        endpoint,
-                        None,
-                    );
-                } else if session.state == SESSION_ESTABLISHED
-                    && !same_endpoint(&session.endpoint, endpoint)
-                {
-                    let previous = session.endpoint;
-                    session.endpoint = *endpoint;
-                    session.updated_ns = now;
-                    emit(
-                        EVENT_ENDPOINT_CHANGED,
-                        0,
-                        now,
-                        first_index,
-                        session.remote_index,
-                        endpoint,
-                        Some(&previous),
-                    );
-                }
-            }
-        }
+        (true, Class::Response) => response_received(endpoint, first_index, second_index, now),
+        // Data to us: our index at 4.
+        (true, Class::Data) => data_received(endpoint, first_index, now, fresh_endpoint),
         _ => {}
+    }
+}
+
+#[inline(always)]
+fn initiation_sent(endpoint: &EndpointKey, local_index: u32, now: u64) {
+    let state = SessionState {
+        endpoint: *endpoint,
+        state: SESSION_INITIATION_SENT,
+        remote_index: 0,
+        updated_ns: now,
+    };
+    remember_session(endpoint.device, local_index, &state);
+}
+
+#[inline(always)]
+fn response_sent(endpoint: &EndpointKey, local_index: u32, remote_index: u32, now: u64) {
+    if let Some(last) = LAST_RESPONSE.get_ptr_mut(endpoint.device) {
+        // SAFETY: a plain array slot; a racing writer stores a similar time.
+        unsafe { *last = now };
+    }
+    let state = SessionState {
+        endpoint: *endpoint,
+        state: SESSION_RESPONSE_SENT,
+        remote_index,
+        updated_ns: now,
+    };
+    remember_session(endpoint.device, local_index, &state);
+}
+
+/// A response to our initiation completes the handshake (we are the initiator).
+#[inline(always)]
+fn response_received(endpoint: &EndpointKey, remote_index: u32, local_index: u32, now: u64) {
+    let key = SessionKey {
+        device: endpoint.device,
+        index: local_index,
+    };
+    let Some(session) = SESSIONS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: an LRU map value; racing writers can at worst duplicate an event,
+    // which userspace de-duplicates by (device, local index).
+    let session = unsafe { &mut *session };
+    if session.state == SESSION_INITIATION_SENT {
+        session.state = SESSION_ESTABLISHED;
+        session.remote_index = remote_index;
+        session.endpoint = *endpoint;
+        session.updated_ns = now;
+        emit(
+            EVENT_HANDSHAKE_COMPLETE,
+            ROLE_INITIATOR,
+            now,
+            local_index,
+            remote_index,
+            endpoint,
+            None,
+        );
+    }
+}
+
+/// Data on our index: the first after our response completes the handshake (we are
+/// the responder); on an established session from another endpoint it is a roam.
+/// Only a response awaiting confirmation or a new endpoint can make it an event, so
+/// the lookup is skipped otherwise.
+#[inline(always)]
+fn data_received(endpoint: &EndpointKey, local_index: u32, now: u64, fresh_endpoint: bool) {
+    let recent_response = LAST_RESPONSE
+        .get(endpoint.device)
+        .is_some_and(|last| now.wrapping_sub(*last) < CONFIRM_WINDOW_NS);
+    if !(fresh_endpoint || recent_response) {
+        return;
+    }
+    let key = SessionKey {
+        device: endpoint.device,
+        index: local_index,
+    };
+    let Some(session) = SESSIONS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: as in `response_received`.
+    let session = unsafe { &mut *session };
+    if session.state == SESSION_RESPONSE_SENT {
+        session.state = SESSION_ESTABLISHED;
+        session.endpoint = *endpoint;
+        session.updated_ns = now;
+        emit(
+            EVENT_HANDSHAKE_COMPLETE,
+            ROLE_RESPONDER,
+            now,
+            local_index,
+            session.remote_index,
+            endpoint,
+            None,
+        );
+    } else if session.state == SESSION_ESTABLISHED && !same_endpoint(&session.endpoint, endpoint) {
+        let previous = session.endpoint;
+        session.endpoint = *endpoint;
+        session.updated_ns = now;
+        emit(
+            EVENT_ENDPOINT_CHANGED,
+            0,
+            now,
+            local_index,
+            session.remote_index,
+            endpoint,
+            Some(&previous),
+        );
     }
 }
 

@@ -149,9 +149,32 @@ impl Drain {
         };
         let raw = self.read_endpoints()?;
         let map_entries = raw.len();
-        let mut samples = Vec::with_capacity(raw.len());
         let seen = self.sequence + 1;
-        for (key, now) in &raw {
+        let mut samples = self.samples(&raw, seen, &clock);
+        samples.extend(self.departed(seen, &clock));
+        self.evict_idle(&raw, &clock);
+        self.sequence += 1;
+        Ok(Snapshot {
+            sequence: self.sequence,
+            taken_at: Some(SystemTime::now()),
+            duration: started.elapsed(),
+            endpoints: samples,
+            map_entries,
+            map_capacity: self.capacity,
+            globals: self.read_globals()?,
+            kernel_peers,
+        })
+    }
+
+    /// Each endpoint in the map now: its totals and its delta since the last drain.
+    fn samples(
+        &mut self,
+        raw: &[(agent_common::EndpointKey, EndpointStats)],
+        seen: u64,
+        clock: &BootClock,
+    ) -> Vec<EndpointSample> {
+        let mut samples = Vec::with_capacity(raw.len());
+        for (key, now) in raw {
             let Some(endpoint) = Endpoint::from_key(key) else {
                 continue;
             };
@@ -180,9 +203,13 @@ impl Drain {
                     .wall(now.rx.last_handshake_ns.max(now.tx.last_handshake_ns)),
             });
         }
-        // Keys gone from the map since the last drain keep their totals in
-        // `carried` (in case they come back) and appear once more, in this snapshot
-        // only: a snapshot is not a growing list of every endpoint ever seen.
+        samples
+    }
+
+    /// Keys gone from the map since the last drain keep their totals in `carried`
+    /// (in case they come back) and appear once more, in this snapshot only: a
+    /// snapshot is not a growing list of every endpoint ever seen.
+    fn departed(&mut self, seen: u64, clock: &BootClock) -> Vec<EndpointSample> {
         let mut gone = Vec::new();
         self.last_raw.retain(|key, (last, at)| {
             if *at == seen {
@@ -191,6 +218,7 @@ impl Drain {
             gone.push((*key, *last));
             false
         });
+        let mut samples = Vec::new();
         for (key, last) in gone {
             self.carried.bank(&key, &last);
             if let Some(endpoint) = Endpoint::from_key(&key) {
@@ -206,18 +234,7 @@ impl Drain {
                 });
             }
         }
-        self.evict_idle(&raw, &clock);
-        self.sequence += 1;
-        Ok(Snapshot {
-            sequence: self.sequence,
-            taken_at: Some(SystemTime::now()),
-            duration: started.elapsed(),
-            endpoints: samples,
-            map_entries,
-            map_capacity: self.capacity,
-            globals: self.read_globals()?,
-            kernel_peers,
-        })
+        samples
     }
 
     /// Keeps the bounded map from filling with endpoints long gone (roaming clients,

@@ -313,38 +313,16 @@ impl Outbox {
     /// wants are not kept (sequence 0).
     pub fn append(&self, incoming: &[Incoming<'_>]) -> Appended {
         let mut next = self.next_seq.lock().expect("not poisoned");
-        let mut seqs = Vec::with_capacity(incoming.len());
-        let mut seq = *next;
-        for item in incoming {
-            if item.webhooks.is_empty() {
-                seqs.push(0);
-            } else {
-                seqs.push(seq);
-                seq += 1;
-            }
-        }
-        *next = seq;
-        let mut overlay = self.overlay.lock().expect("not poisoned");
         let mut appended = Appended {
-            seqs,
+            seqs: assign_seqs(incoming, &mut next),
             ..Default::default()
         };
+        let mut overlay = self.overlay.lock().expect("not poisoned");
         if self.may_try() {
+            // Whatever is held in memory goes first, in the same transaction.
             let held: Vec<(u64, overlay::Held)> =
                 overlay.iter().map(|(s, h)| (s, h.clone())).collect();
-            let mut rows: Vec<store::Row<'_>> = held
-                .iter()
-                .map(|(seq, held)| store::Row {
-                    seq: *seq,
-                    body: &held.body,
-                    pending: held.pending.iter().map(String::as_str).collect(),
-                    dead: held
-                        .dead
-                        .iter()
-                        .map(|(w, r)| (w.as_str(), r.as_str()))
-                        .collect(),
-                })
-                .collect();
+            let mut rows: Vec<store::Row<'_>> = held.iter().map(|(seq, h)| h.row(*seq)).collect();
             rows.extend(
                 incoming
                     .iter()
@@ -372,19 +350,31 @@ impl Outbox {
                 Err(err) => appended.unwritten = Some(err),
             }
         } else {
-            appended.unwritten = Some(
-                self.error(
-                    "appending",
-                    self.health
-                        .lock()
-                        .expect("not poisoned")
-                        .failing
-                        .clone()
-                        .unwrap_or_else(|| "the disk is failing".into()),
-                ),
-            );
+            appended.unwritten = Some(self.still_failing());
         }
-        for (item, seq) in incoming.iter().zip(&appended.seqs) {
+        appended.dropped = self.hold(&mut overlay, incoming, &appended.seqs);
+        appended
+    }
+
+    /// The error of the current failing spell, for an append that did not try.
+    fn still_failing(&self) -> OutboxError {
+        let failing = self.health.lock().expect("not poisoned").failing.clone();
+        self.error(
+            "appending",
+            failing.unwrap_or_else(|| "the disk is failing".into()),
+        )
+    }
+
+    /// Holds events in memory; returns per webhook the events the full memory tier
+    /// dropped.
+    fn hold(
+        &self,
+        overlay: &mut overlay::Overlay,
+        incoming: &[Incoming<'_>],
+        seqs: &[u64],
+    ) -> Vec<(String, u64)> {
+        let mut dropped: Vec<(String, u64)> = Vec::new();
+        for (item, seq) in incoming.iter().zip(seqs) {
             if *seq == 0 {
                 continue;
             }
@@ -400,13 +390,13 @@ impl Outbox {
                 self.memory_limit,
             );
             for (webhook, count) in lost {
-                match appended.dropped.iter_mut().find(|(w, _)| *w == webhook) {
+                match dropped.iter_mut().find(|(w, _)| *w == webhook) {
                     Some((_, n)) => *n += count,
-                    None => appended.dropped.push((webhook, count)),
+                    None => dropped.push((webhook, count)),
                 }
             }
         }
-        appended
+        dropped
     }
 
     /// Tries to write what is held in memory (when the disk's back-off allows);
@@ -558,6 +548,21 @@ impl Outbox {
     pub fn is_empty(&self) -> Result<bool, OutboxError> {
         Ok(self.len()? == 0)
     }
+}
+
+/// Sequence numbers for events, in order (0 for an event no webhook wants).
+fn assign_seqs(incoming: &[Incoming<'_>], next: &mut u64) -> Vec<u64> {
+    incoming
+        .iter()
+        .map(|item| {
+            if item.webhooks.is_empty() {
+                0
+            } else {
+                *next += 1;
+                *next - 1
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

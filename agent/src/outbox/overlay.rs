@@ -22,6 +22,20 @@ pub(super) struct Held {
 }
 
 impl Held {
+    /// The row that writes it to disk under `seq`.
+    pub fn row(&self, seq: u64) -> super::store::Row<'_> {
+        super::store::Row {
+            seq,
+            body: &self.body,
+            pending: self.pending.iter().map(String::as_str).collect(),
+            dead: self
+                .dead
+                .iter()
+                .map(|(w, r)| (w.as_str(), r.as_str()))
+                .collect(),
+        }
+    }
+
     fn referenced(&self) -> bool {
         !self.pending.is_empty() || !self.dead.is_empty()
     }
