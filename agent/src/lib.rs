@@ -1,11 +1,12 @@
 //! wgpulse: an eBPF-backed WireGuard telemetry agent.
 //!
-//! The flow, module by module: [`loader`] puts the eBPF datapath into the kernel and
-//! attaches it; [`drain`] reads its maps and ring buffer into typed [`snapshot`]s;
-//! [`wg`] discovers WireGuard devices and their peers; [`peers`] turns both into a
-//! live peer table with connect/disconnect state; [`events`] models what changed;
-//! [`outbox`] stores events durably; [`sink`] delivers them to webhooks; [`metrics`]
-//! and [`server`] expose the table to Prometheus and the local API.
+//! The flow, stage by stage: [`datapath`] puts the eBPF programs into the kernel and
+//! attaches them; [`drain`] reads their maps and ring buffer into typed
+//! [`snapshot`]s; [`wg`] discovers WireGuard devices and their peers; the
+//! [`pipeline`] feeds both into [`peers`], the live table with connect/disconnect
+//! state, and [`alerts`]; [`events`] models what changed; [`outbox`] stores events
+//! durably; [`sink`] delivers them to their targets; [`metrics`] and [`server`]
+//! expose the table to Prometheus and the local API. [`app`] wires it all together.
 
 pub mod alerts;
 pub mod apiclient;
