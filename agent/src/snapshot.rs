@@ -11,7 +11,7 @@ use agent_common::{EndpointKey, FAMILY_IPV4, FAMILY_IPV6};
 /// A remote endpoint of one WireGuard device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
-    /// Datapath device id (see [`crate::datapath::DeviceIds`]).
+    /// Datapath device id (see [`crate::pipeline::device_ids::DeviceIds`]).
     pub device: u32,
     /// Remote address and port.
     pub addr: SocketAddr,
