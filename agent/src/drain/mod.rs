@@ -2,8 +2,8 @@
 //! typed [`Snapshot`] (totals and deltas per endpoint) every `drain_interval`, and
 //! reads the session ring buffer as soon as it has records, on one dedicated thread.
 //!
-//! The files: [`run`] (the thread), this module (one drain cycle), [`batch`] (the bulk
-//! map read), [`endpoints`] (bookkeeping across drains), [`ring`] (session notices),
+//! The files: `run` (the thread), this module (one drain cycle), `batch` (the bulk
+//! map read), `endpoints` (bookkeeping across drains), `ring` (session notices),
 //! [`kernel_peers`] (kernel-mode readings of kernel WireGuard's own counters).
 
 mod batch;

@@ -3,10 +3,10 @@
 //! per webhook that wants it, and is removed once every such webhook has delivered it
 //! (or buried it as a dead letter that was then forgotten).
 //!
-//! Two tiers under one sequence space: [`store`] is [redb](https://docs.rs/redb) (a
+//! Two tiers under one sequence space: `store` is [redb](https://docs.rs/redb) (a
 //! pure-Rust embedded key-value store with ACID transactions, copy-on-write B-trees
 //! and a checksummed commit protocol, so a crash, even SIGKILL mid-commit, leaves the
-//! last committed state; appends are fsynced), and [`overlay`] holds what the disk
+//! last committed state; appends are fsynced), and `overlay` holds what the disk
 //! could not take (full, failing) so that it is delivered from memory meanwhile and
 //! written once the disk works; retries of the disk back off and are logged once per
 //! change of state. A damaged file found at start is set aside and salvaged

@@ -3,7 +3,7 @@
 //! snapshots and session notices into the peer table, and sends the table's changes
 //! as events on the event queue. Stopping it saves the state and detaches everything.
 //!
-//! The files: this module (starting and stopping), [`run`] (the loop), `refresh`
+//! The files: this module (starting and stopping), `run` (the loop), `refresh`
 //! (device reads and attachments), `drained` (snapshots and notices in), `emit`
 //! (events, alerts and the state out), [`device_ids`], [`read_through`] (fresh counters
 //! for a scrape).

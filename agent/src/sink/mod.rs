@@ -1,11 +1,11 @@
 //! Delivery: from an accepted event to its receiver's acknowledgement.
 //!
-//! The flow, file by file: [`intake`] stores each event in the durable
+//! The flow, file by file: `intake` stores each event in the durable
 //! [`crate::outbox`] with one pending entry per target whose [`filter`]s select it and
-//! queues it on the target's lane for its identifier ([`queue`]); each [`lane`] takes
+//! queues it on the target's lane for its identifier ([`queue`]); each `lane` takes
 //! its head (one event, or a batch), has the target's [`transport`] send it, and
 //! settles the outcome — acknowledged, dead-lettered, paused, or retried with
-//! full-jitter back-off ([`retry`]); [`housekeeping`] keeps the gauges, flushes what
+//! full-jitter back-off ([`retry`]); `housekeeping` keeps the gauges, flushes what
 //! the disk did not take and applies the dead-letter retention; [`stats`] holds the
 //! counters and recent deliveries the API and metrics show.
 //!
