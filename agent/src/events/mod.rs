@@ -99,13 +99,14 @@ pub fn from_change(change: &Change, node: &str) -> Event {
             peer,
             device_public_key,
             fields,
+            previous,
             ..
         } => Event::new(
             node,
             ENTITY_PEER,
             kind.event_name(),
             &peer.key.public_key.to_base64(),
-            payload::peer(peer, *device_public_key, fields),
+            payload::peer_change(peer, *device_public_key, fields, previous.as_ref()),
         ),
         Change::Handshake {
             peer,

@@ -80,6 +80,32 @@ pub fn peer(peer: &PeerState, device_public_key: Option<PublicKey>, changed: &[&
     value
 }
 
+/// A `peer` payload for a create, update or delete: the Peer model, and on an update
+/// `ChangedFields` and `Previous` (each changed field's value before the change).
+pub fn peer_change(
+    state: &PeerState,
+    device_public_key: Option<PublicKey>,
+    changed: &[&str],
+    previous: Option<&crate::peers::PeerPrevious>,
+) -> Value {
+    let mut value = peer(state, device_public_key, changed);
+    if let Some(previous) = previous.filter(|_| !changed.is_empty()) {
+        let mut old = serde_json::Map::new();
+        for field in changed {
+            let before = match *field {
+                "Endpoint" => json!(previous.endpoint.map(|e| e.to_string()).unwrap_or_default()),
+                "AllowedIPsStr" => json!(previous.allowed_ips.join(",")),
+                "PersistentKeepalive" => json!(previous.persistent_keepalive),
+                "HasPresharedKey" => json!(previous.has_preshared_key),
+                _ => continue,
+            };
+            old.insert((*field).to_owned(), before);
+        }
+        value["Previous"] = Value::Object(old);
+    }
+    value
+}
+
 /// A `peer_metric.handshake` payload (the handshake feed, like Pro Custodibus's
 /// endpoint stats): where and how it completed, the wire counters since the previous
 /// handshake and in total, and the attempts it took.

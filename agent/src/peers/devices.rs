@@ -147,11 +147,13 @@ impl PeerTable {
                             device_public_key,
                             fields: Vec::new(),
                             new_address: None,
+                            previous: None,
                         });
                     }
                     self.peers.insert(key, state);
                 }
                 Some(state) => {
+                    let previous = PeerPrevious::of(state);
                     let fields = update_peer(state, peer, read_started);
                     if !fields.is_empty() {
                         state.updated_at = now;
@@ -171,6 +173,7 @@ impl PeerTable {
                             device_public_key,
                             fields,
                             new_address,
+                            previous: Some(previous),
                         });
                     }
                 }
@@ -232,6 +235,7 @@ impl PeerTable {
             device_public_key,
             fields: Vec::new(),
             new_address: None,
+            previous: None,
         });
     }
 }

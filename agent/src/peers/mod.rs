@@ -100,6 +100,8 @@ pub enum Change {
         fields: Vec<&'static str>,
         /// The endpoint moved to an address the peer never used before.
         new_address: Option<IpAddr>,
+        /// The changed fields' values before the change (updates only).
+        previous: Option<PeerPrevious>,
     },
     /// A handshake completed (the handshake feed), reported at the first drain after
     /// it so the counters include every packet up to it.
@@ -133,6 +135,32 @@ pub enum Change {
         /// Why.
         reason: DisconnectReason,
     },
+}
+
+/// The configuration of a peer before an update: what a receiver needs to show
+/// "old -> new" for each changed field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerPrevious {
+    /// The endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// The allowed IPs.
+    pub allowed_ips: Vec<String>,
+    /// The keepalive interval.
+    pub persistent_keepalive: u16,
+    /// Whether a preshared key was set.
+    pub has_preshared_key: bool,
+}
+
+impl PeerPrevious {
+    /// The configuration of `state` now.
+    pub fn of(state: &PeerState) -> Self {
+        Self {
+            endpoint: state.endpoint,
+            allowed_ips: state.allowed_ips.clone(),
+            persistent_keepalive: state.persistent_keepalive,
+            has_preshared_key: state.has_preshared_key,
+        }
+    }
 }
 
 /// A drained endpoint with its device resolved to a name.

@@ -114,6 +114,7 @@ impl PeerTable {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
+        let previous = PeerPrevious::of(peer);
         if let Some(from) = peer.endpoint {
             self.owners.remove(&(key.device.clone(), from));
             self.former
@@ -137,6 +138,7 @@ impl PeerTable {
             device_public_key,
             fields: vec!["Endpoint"],
             new_address,
+            previous: Some(previous),
         });
     }
 }
