@@ -4,6 +4,7 @@
 
 pub mod payload;
 pub mod queue;
+pub mod samples;
 
 use serde::{Deserialize, Serialize};
 

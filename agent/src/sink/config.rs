@@ -67,6 +67,34 @@ pub struct WebhookConfig {
     /// Extra trust root (PEM) for a private receiver, added to the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The receiver's dialect: body shape, event names, headers and default signature
+    /// (default `wgpulse`).
+    #[serde(default)]
+    pub dialect: super::dialect::Dialect,
+    /// Signature schemes (`standard-webhooks`, `sha256-hex`) when a signing secret is
+    /// set; default per dialect.
+    #[serde(default)]
+    pub signature: Option<Vec<super::sign::Scheme>>,
+    /// Header of the `sha256-hex` scheme (default `X-Signature-256`; `X-VPN-Signature`
+    /// for vpn-enterprise).
+    #[serde(default)]
+    pub signature_header: Option<String>,
+    /// Key derivation: `auto` (`whsec_` decoded) or `raw` (the secret's UTF-8 bytes);
+    /// default per dialect.
+    #[serde(default)]
+    pub signature_key: Option<super::sign::KeyDerivation>,
+    /// Constant fields added to every event body (tenant or site tags).
+    #[serde(default)]
+    pub extra_fields: serde_json::Map<String, serde_json::Value>,
+    /// Body template (dialect `template`), rendered per event.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// File holding the body template.
+    #[serde(default)]
+    pub template_file: Option<PathBuf>,
+    /// Content type of a template's body (default `application/json`).
+    #[serde(default)]
+    pub template_content_type: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -85,6 +113,7 @@ impl std::fmt::Debug for WebhookConfig {
                 "signing_secret",
                 &self.signing_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("dialect", &self.dialect)
             .finish_non_exhaustive()
     }
 }
@@ -335,6 +364,70 @@ impl WebhookConfig {
                         .into(),
                 );
             }
+        }
+        if let Err(message) = self.dialect.shape(self.format) {
+            problem("format", message);
+        }
+        let templated = self.template.is_some() || self.template_file.is_some();
+        match (self.dialect, templated) {
+            (super::dialect::Dialect::Template, false) => problem(
+                "dialect",
+                "the template dialect needs template or template_file".into(),
+            ),
+            (dialect, true) if dialect != super::dialect::Dialect::Template => problem(
+                "template",
+                format!(
+                    "a template is used by dialect = \"template\" only (this webhook's dialect is {})",
+                    dialect.name()
+                ),
+            ),
+            _ => {}
+        }
+        if self.template.is_some() && self.template_file.is_some() {
+            problem("template", "set only one of template, template_file".into());
+        }
+        if let Some(content_type) = &self.template_content_type {
+            if hyper::header::HeaderValue::from_str(content_type).is_err() {
+                problem(
+                    "template_content_type",
+                    format!("{content_type:?} is not a valid header value"),
+                );
+            }
+        }
+        if self.dialect.needs_signature()
+            && self.signing_secret.is_none()
+            && self.signing_secret_file.is_none()
+            && self.signing_secret_env.is_none()
+        {
+            problem(
+                "signing_secret",
+                format!(
+                    "the {} dialect's receivers verify a signature: set signing_secret, signing_secret_file or signing_secret_env",
+                    self.dialect.name()
+                ),
+            );
+        }
+        if let Some(header) = &self.signature_header {
+            match hyper::header::HeaderName::from_bytes(header.as_bytes()) {
+                Err(_) => problem(
+                    "signature_header",
+                    format!("{header:?} is not a valid HTTP header name"),
+                ),
+                Ok(_) => {
+                    if let Some(why) = reserved_header(header) {
+                        problem(
+                            "signature_header",
+                            format!("{header} is not allowed here: {why}"),
+                        );
+                    }
+                }
+            }
+        }
+        if self.signature.as_ref().is_some_and(Vec::is_empty) {
+            problem(
+                "signature",
+                "an empty list: leave signature out, or drop the signing secret".into(),
+            );
         }
         if self.batch.max_events == 0 {
             problem("batch.max_events", "must be at least 1".into());

@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod config;
+pub mod dialect;
 pub mod filter;
 mod housekeeping;
 pub mod http;
@@ -149,7 +150,25 @@ fn webhook_target(
         clients.for_ca_file(config.ca_file.as_deref())?
     };
     let filters = template.filters.clone();
-    let transport = Arc::new(webhook::Webhook::new(template, client));
+    let shape = config
+        .dialect
+        .shape(config.format)
+        .map_err(|message| TargetError::Invalid {
+            webhook: config.name.clone(),
+            message,
+        })?;
+    let body_template =
+        dialect::template::load(config).map_err(|message| TargetError::Invalid {
+            webhook: config.name.clone(),
+            message: format!("template: {message}"),
+        })?;
+    let encoder = dialect::Encoder::new(
+        config.dialect,
+        shape,
+        config.extra_fields.clone(),
+        body_template,
+    );
+    let transport = Arc::new(webhook::Webhook::new(template, encoder, client));
     let mut state = TargetState {
         lanes: vec![Default::default(); config.concurrency],
         ..Default::default()

@@ -11,8 +11,9 @@ use hyper::{Method, Request, Uri};
 use zeroize::Zeroizing;
 
 use super::config::{redact_url, Format, WebhookConfig};
+use super::dialect::Encoded;
 use super::filter::Filter;
-use super::sign::Signer;
+use super::sign::{Scheme, Signer};
 
 /// Errors preparing a webhook.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,12 @@ pub struct Target {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// Swapped as a whole when SIGHUP re-reads the secrets.
     credentials: std::sync::RwLock<Credentials>,
+    /// The signature schemes used when there is a signing secret.
+    schemes: Vec<Scheme>,
+    /// The header of the `sha256-hex` scheme.
+    signature_header: HeaderName,
+    /// Whether `headers` sets `Content-Type` (then the dialect's is not sent).
+    custom_content_type: bool,
 }
 
 /// The secrets of a webhook's requests.
@@ -213,7 +220,10 @@ pub fn resource_problems(config: &WebhookConfig) -> Vec<(String, String)> {
                 problems.push((signing_key.to_owned(), "no signing secret in it".into()));
             }
             if !secrets.is_empty() {
-                if let Err(err) = Signer::new(&secrets) {
+                let derivation = config
+                    .signature_key
+                    .unwrap_or_else(|| config.dialect.default_key_derivation());
+                if let Err(err) = Signer::with_derivation(&secrets, derivation) {
                     problems.push((signing_key.to_owned(), err.to_string()));
                 }
             }
@@ -225,7 +235,44 @@ pub fn resource_problems(config: &WebhookConfig) -> Vec<(String, String)> {
             problems.push(("ca_file".into(), err.to_string()));
         }
     }
+    if let Some(problem) = template_problem(config) {
+        problems.push(problem);
+    }
     problems
+}
+
+/// A template that does not compile, or cannot render one of the events its webhook
+/// receives (checked against a real example of each, [`crate::events::samples`]).
+fn template_problem(config: &WebhookConfig) -> Option<(String, String)> {
+    let key = if config.template_file.is_some() {
+        "template_file"
+    } else {
+        "template"
+    };
+    let template = match super::dialect::template::load(config) {
+        Ok(Some(template)) => template,
+        Ok(None) => return None,
+        Err(message) => return Some((key.into(), message)),
+    };
+    let filters: Vec<Filter> = config
+        .events
+        .iter()
+        .filter_map(|f| Filter::parse(f).ok())
+        .collect();
+    let samples: Vec<serde_json::Value> = crate::events::samples::samples("node")
+        .into_iter()
+        .filter(|event| super::filter::any_matches(&filters, event))
+        .map(|event| serde_json::to_value(event).expect("events serialize"))
+        .collect();
+    template
+        .check(&samples, &config.extra_fields)
+        .err()
+        .map(|(kind, err)| {
+            (
+                key.into(),
+                format!("{err} (rendering a {kind} event; names that may be missing need a default, e.g. {{{{ x | default(\"\") }}}})"),
+            )
+        })
 }
 
 fn authorization_key(config: &WebhookConfig) -> String {
@@ -288,13 +335,18 @@ impl Target {
             .map(|text| text.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default(),
         };
+        let derivation = config
+            .signature_key
+            .unwrap_or_else(|| config.dialect.default_key_derivation());
         let signer = if secrets.is_empty() {
             None
         } else {
-            Some(Signer::new(&secrets).map_err(|e| TargetError::Secret {
-                webhook: config.name.clone(),
-                what: "signing_secret",
-                message: e.to_string(),
+            Some(Signer::with_derivation(&secrets, derivation).map_err(|e| {
+                TargetError::Secret {
+                    webhook: config.name.clone(),
+                    what: "signing_secret",
+                    message: e.to_string(),
+                }
             })?)
         };
         let headers = config
@@ -325,6 +377,22 @@ impl Target {
                 authorization,
                 signer,
             }),
+            schemes: config
+                .signature
+                .clone()
+                .unwrap_or_else(|| config.dialect.default_schemes()),
+            signature_header: HeaderName::from_bytes(
+                config
+                    .signature_header
+                    .as_deref()
+                    .unwrap_or(config.dialect.default_signature_header())
+                    .as_bytes(),
+            )
+            .map_err(|_| invalid("signature_header is not a valid header name".into()))?,
+            custom_content_type: config
+                .headers
+                .keys()
+                .any(|name| name.eq_ignore_ascii_case("content-type")),
         })
     }
 
@@ -343,27 +411,24 @@ impl Target {
         Ok(reloaded)
     }
 
-    /// The request delivering `body`. `id` is the event id (single) or a batch id
-    /// stable across retries; `kind` is `entity.event` for single events.
-    pub fn request(
-        &self,
-        id: &str,
-        kind: Option<&str>,
-        body: Bytes,
-        now: SystemTime,
-    ) -> Request<Full<Bytes>> {
+    /// The request delivering `encoded`. `id` is the event id (one event) or a batch
+    /// id stable across retries.
+    pub fn request(&self, id: &str, encoded: Encoded, now: SystemTime) -> Request<Full<Bytes>> {
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(self.url.clone())
-            .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, concat!("wgpulse/", env!("CARGO_PKG_VERSION")))
             .header("webhook-id", id);
-        if let Some(kind) = kind {
-            builder = builder.header("X-Wgpulse-Event", kind);
+        if !self.custom_content_type {
+            builder = builder.header(CONTENT_TYPE, encoded.content_type.as_str());
+        }
+        for (name, value) in &encoded.headers {
+            builder = builder.header(name.as_str(), value.as_str());
         }
         for (name, value) in &self.headers {
             builder = builder.header(name, value.clone());
         }
+        let body = Bytes::from(encoded.body);
         let credentials = self.credentials.read().expect("not poisoned");
         if let Some(authorization) = &credentials.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
@@ -374,10 +439,16 @@ impl Target {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
             let signatures = signer.sign(id, timestamp, &body);
-            builder = builder
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signatures.standard)
-                .header("X-Signature-256", signatures.body);
+            for scheme in &self.schemes {
+                builder = match scheme {
+                    Scheme::StandardWebhooks => builder
+                        .header("webhook-timestamp", timestamp.to_string())
+                        .header("webhook-signature", signatures.standard.as_str()),
+                    Scheme::Sha256Hex => {
+                        builder.header(&self.signature_header, signatures.body.as_str())
+                    }
+                };
+            }
         }
         builder
             .body(Full::new(body))
@@ -404,7 +475,7 @@ mod tests {
             target.url.to_string(),
             "http://127.0.0.1:18090/hook?token=q1"
         );
-        let request = target.request("id", None, Bytes::new(), SystemTime::now());
+        let request = target.request("id", Encoded::default(), SystemTime::now());
         assert_eq!(
             request.headers()[AUTHORIZATION],
             // base64("alice:s:cret")

@@ -1,7 +1,13 @@
 //! Request signatures: Standard Webhooks (`webhook-id`, `webhook-timestamp`,
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`) and the
-//! GitHub / VPN Enterprise style `X-Signature-256: sha256=<hex HMAC-SHA256 of the
-//! body>`. Several secrets (rotation) give several space-separated signatures.
+//! GitHub / VPN Enterprise style `sha256=<hex HMAC-SHA256 of the body>` in a header
+//! whose name the webhook chooses. Several secrets (rotation) give several
+//! space-separated signatures in every scheme.
+//!
+//! The key derivation is stated per webhook: `auto` decodes a `whsec_<base64>` secret
+//! to its bytes (Standard Webhooks) and takes any other secret's UTF-8 bytes; `raw`
+//! always takes the secret string's UTF-8 bytes, `whsec_` prefix included, which is
+//! how VPN Enterprise's own Python and Node examples key their HMAC.
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -19,6 +25,27 @@ pub enum SecretError {
     /// A placeholder or too short a key.
     #[error("a signing secret {0}")]
     Weak(#[from] crate::secrets::WeakSecret),
+}
+
+/// How the HMAC key is derived from a secret.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyDerivation {
+    /// `whsec_<base64>` decoded; any other secret's bytes.
+    #[default]
+    Auto,
+    /// The secret string's UTF-8 bytes, whatever it looks like.
+    Raw,
+}
+
+/// A signature scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheme {
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.
+    StandardWebhooks,
+    /// `<signature_header>: sha256=<hex HMAC-SHA256 of the body>`.
+    Sha256Hex,
 }
 
 /// The signing keys of one webhook (never printed).
@@ -47,10 +74,22 @@ impl Signer {
     /// used as is. A key shorter than 16 bytes or a placeholder (also inside the
     /// base64) is refused.
     pub fn new(secrets: &[String]) -> Result<Self, SecretError> {
+        Self::with_derivation(secrets, KeyDerivation::Auto)
+    }
+
+    /// Keys from secrets with the stated derivation (see the module documentation).
+    pub fn with_derivation(
+        secrets: &[String],
+        derivation: KeyDerivation,
+    ) -> Result<Self, SecretError> {
         let keys = secrets
             .iter()
             .map(|secret| {
-                let key = match secret.strip_prefix("whsec_") {
+                let encoded = match derivation {
+                    KeyDerivation::Auto => secret.strip_prefix("whsec_"),
+                    KeyDerivation::Raw => None,
+                };
+                let key = match encoded {
                     Some(encoded) => base64::engine::general_purpose::STANDARD
                         .decode(encoded)
                         .map(Zeroizing::new)
@@ -122,6 +161,20 @@ mod tests {
         assert_eq!(signatures.body.split(' ').count(), 2);
         assert!(signatures.body.starts_with("sha256="));
         assert!(Signer::new(&["whsec_!!!".into()]).is_err());
+    }
+
+    #[test]
+    fn raw_keys_are_the_secret_strings_bytes_as_vpn_enterprise_keys_them() {
+        // hmac.new(secret.encode('utf-8'), body, sha256).hexdigest() in Python.
+        let secret = "whsec_notdecoded-0123456789";
+        let signer = Signer::with_derivation(&[secret.into()], KeyDerivation::Raw).unwrap();
+        let signatures = signer.sign("id", 1, b"{\"type\":\"vpn.connected\"}");
+        let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(b"{\"type\":\"vpn.connected\"}");
+        assert_eq!(
+            signatures.body,
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        );
     }
 
     #[test]

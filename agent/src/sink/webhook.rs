@@ -1,15 +1,14 @@
-//! The webhook transport: a batch becomes one HTTP POST — one event's JSON, or a JSON
-//! array for the batch format — built and signed by the webhook's request template
-//! ([`super::request`]), sent over the pooled client of its trust set, and its status
-//! classified ([`super::retry::classify`]).
+//! The webhook transport: a batch becomes one HTTP POST whose body the webhook's
+//! dialect writes ([`super::dialect`]: one event, or a list), built and signed by the
+//! webhook's request template ([`super::request`]), sent over the pooled client of its
+//! trust set, and its status classified ([`super::retry::classify`]).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
-
 use super::client::HttpClient;
 use super::config::Format;
+use super::dialect::{Encoded, Encoder, Shape};
 use super::http;
 use super::request::Target as RequestTemplate;
 use super::retry::{self, Outcome};
@@ -20,48 +19,31 @@ use super::TestOutcome;
 pub struct Webhook {
     /// How its requests are built (URL, headers, secrets, signatures).
     pub template: Arc<RequestTemplate>,
+    encoder: Encoder,
     client: HttpClient,
 }
 
 impl Webhook {
-    /// A webhook sending `template`'s requests over `client`.
-    pub fn new(template: RequestTemplate, client: HttpClient) -> Self {
+    /// A webhook sending `template`'s requests, with bodies by `encoder`, over
+    /// `client`.
+    pub fn new(template: RequestTemplate, encoder: Encoder, client: HttpClient) -> Self {
         Self {
             template: Arc::new(template),
+            encoder,
             client,
         }
     }
 
-    /// The request id and body of a batch: the event itself and its id, or a JSON
-    /// array with `batch_<first id>_<count>` (stable across retries).
-    fn frame(&self, batch: &[Loaded]) -> (String, Option<String>, Bytes) {
-        match self.template.format {
-            Format::Single => {
-                let event = &batch[0];
-                (
-                    event.head.id.clone(),
-                    Some(format!("{}.{}", event.head.entity, event.head.event)),
-                    event.body.clone(),
-                )
-            }
-            Format::Batch => {
-                let mut body =
-                    Vec::with_capacity(batch.iter().map(|e| e.body.len() + 1).sum::<usize>() + 2);
-                body.push(b'[');
-                for (i, event) in batch.iter().enumerate() {
-                    if i > 0 {
-                        body.push(b',');
-                    }
-                    body.extend_from_slice(&event.body);
-                }
-                body.push(b']');
-                (
-                    format!("batch_{}_{}", batch[0].head.id, batch.len()),
-                    None,
-                    Bytes::from(body),
-                )
-            }
-        }
+    /// The request id and body of a batch: the event's id, or
+    /// `batch_<first id>_<count>` for a list (stable across retries).
+    fn frame(&self, batch: &[Loaded]) -> (String, Encoded) {
+        let bodies: Vec<&[u8]> = batch.iter().map(|e| e.body.as_ref()).collect();
+        let encoded = self.encoder.encode(&bodies);
+        let id = match self.encoder.shape() {
+            Shape::One => batch[0].head.id.clone(),
+            Shape::List => format!("batch_{}_{}", batch[0].head.id, batch.len()),
+        };
+        (id, encoded)
     }
 }
 
@@ -75,13 +57,16 @@ impl Transport for Webhook {
     }
 
     fn format(&self) -> Format {
-        self.template.format
+        match self.encoder.shape() {
+            Shape::One => Format::Single,
+            Shape::List => Format::Batch,
+        }
     }
 
     fn send<'a>(&'a self, batch: &'a [Loaded], now: SystemTime) -> BoxFuture<'a, Attempted> {
         Box::pin(async move {
-            let (id, kind, body) = self.frame(batch);
-            let request = self.template.request(&id, kind.as_deref(), body, now);
+            let (id, encoded) = self.frame(batch);
+            let request = self.template.request(&id, encoded, now);
             match http::exchange(&self.client, self.template.timeout, request).await {
                 Ok(answer) => Attempted {
                     id,
@@ -109,10 +94,8 @@ impl Transport for Webhook {
 
     fn test<'a>(&'a self, event: &'a Loaded) -> BoxFuture<'a, Result<TestOutcome, String>> {
         Box::pin(async move {
-            let (id, kind, body) = self.frame(std::slice::from_ref(event));
-            let request = self
-                .template
-                .request(&id, kind.as_deref(), body, SystemTime::now());
+            let (id, encoded) = self.frame(std::slice::from_ref(event));
+            let request = self.template.request(&id, encoded, SystemTime::now());
             let started = Instant::now();
             let answer = http::exchange(&self.client, self.template.timeout, request)
                 .await
