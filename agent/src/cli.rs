@@ -1,4 +1,5 @@
-//! The command line: `wgpulse run`, `check-config`, `peers`, `webhook`, `version`.
+//! The command line: `wgpulse run`, `check-config`, `peers`, `webhook`, `example`,
+//! `version`.
 //! Help text comes from these doc comments.
 
 use std::path::PathBuf;
@@ -44,6 +45,24 @@ pub enum Command {
         /// How to reach the agent.
         #[command(flatten)]
         api: ApiArgs,
+    },
+    /// Print the request a webhook of a dialect receives for sample events (built,
+    /// encoded and signed by the delivery code; signed with the Standard Webhooks
+    /// specification's example secret `whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw`).
+    Example {
+        /// The dialect: wgpulse, wg-portal, wg-portal-v1, defguard, procustodibus,
+        /// vpn-enterprise, standard-webhooks, slack, discord, template.
+        dialect: String,
+        /// Events to show (`entity.event`, `entity.*`, `*`; repeatable); default
+        /// `peer_metric.connect`.
+        #[arg(long = "event", value_name = "FILTER")]
+        events: Vec<String>,
+        /// Several events per request (`format = "batch"`).
+        #[arg(long)]
+        batch: bool,
+        /// The body template, for dialect `template`.
+        #[arg(long)]
+        template: Option<String>,
     },
     /// Print the version and exit.
     Version,

@@ -20,6 +20,12 @@ fn main() -> ExitCode {
         Command::Webhook { action, api } => {
             return print(wgpulse::apiclient::webhook(&api, &action));
         }
+        Command::Example {
+            dialect,
+            events,
+            batch,
+            template,
+        } => return example(&dialect, events, batch, template),
         Command::Version => {
             println!("wgpulse {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -116,6 +122,32 @@ fn init_logging(level: &str) -> anyhow::Result<LogFilter> {
 }
 
 /// Prints a command's output, or its error as one line with exit code 1.
+fn example(dialect: &str, events: Vec<String>, batch: bool, template: Option<String>) -> ExitCode {
+    use wgpulse::sink::example::{render, ExampleRequest};
+    let dialect = match serde_json::from_value(serde_json::Value::String(dialect.into())) {
+        Ok(dialect) => dialect,
+        Err(err) => {
+            eprintln!("wgpulse: dialect {dialect:?}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match render(&ExampleRequest {
+        dialect,
+        events,
+        batch,
+        template,
+    }) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("wgpulse: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn print(result: Result<String, wgpulse::apiclient::ApiClientError>) -> ExitCode {
     match result {
         Ok(text) => {

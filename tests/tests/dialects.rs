@@ -380,3 +380,100 @@ template_content_type = "text/plain; charset=utf-8"
     agent.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `wgpulse check-config` on `text`; its stderr, after asserting it failed.
+fn check_config_fails(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(wgpulse_tests::agent::binary())
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{name} must fail: {stderr}");
+    stderr
+}
+
+#[test]
+fn dialect_mistakes_are_config_errors_naming_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "[[webhooks]]\nname = \"chat\"\nurl = \"http://127.0.0.1:9/x\"\n";
+    let file = dir.path().join("body.j2");
+    std::fs::write(&file, "{{ text }}\n{{ payload.Status.Endpoint }}\n").unwrap();
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "unknown-dialect",
+            format!("{head}dialect = \"zapier\"\n"),
+            vec!["4:11", "webhooks[0].dialect", "zapier", "vpn-enterprise"],
+        ),
+        (
+            // Strict: a name some samples lack fails at start, on the
+            // template's own line 2, with the webhook's name.
+            "template-undefined",
+            format!("{head}dialect = \"template\"\ntemplate = \"\"\"\n{{{{ text }}}}\n{{{{ payload.Status.Endpoint }}}}\n\"\"\"\n"),
+            vec!["5: key `webhooks[0].template`", "webhook \"chat\"", "template line 2", "rendering the sample"],
+        ),
+        (
+            "template-syntax",
+            format!("{head}dialect = \"template\"\ntemplate = \"ok {{% if %}}\"\n"),
+            vec!["webhooks[0].template", "template line 1", "syntax error"],
+        ),
+        (
+            "template-file",
+            format!("{head}dialect = \"template\"\ntemplate_file = {:?}\n", file.display().to_string()),
+            vec!["5: key `webhooks[0].template_file`", "template line 2"],
+        ),
+        (
+            "template-without-dialect",
+            format!("{head}template = \"{{{{ text }}}}\"\n"),
+            vec!["webhooks[0].template", "dialect = \"template\""],
+        ),
+        (
+            "header-not-http",
+            format!("{head}signing_secret = \"a-signing-secret-0123456789\"\nsignature_header = \"X Sig\"\n"),
+            vec!["5: key `webhooks[0].signature_header`", "not a valid HTTP header name"],
+        ),
+        (
+            "header-reserved",
+            format!("{head}signing_secret = \"a-signing-secret-0123456789\"\nsignature_header = \"Content-Type\"\n"),
+            vec!["webhooks[0].signature_header", "content type"],
+        ),
+        (
+            "header-is-the-event-header",
+            format!("{head}dialect = \"defguard\"\nsigning_secret = \"a-signing-secret-0123456789\"\nsignature_header = \"x-defguard-event\"\n"),
+            vec!["6: key `webhooks[0].signature_header`", "event name"],
+        ),
+        (
+            "vpn-enterprise-without-secret",
+            format!("{head}dialect = \"vpn-enterprise\"\n"),
+            vec!["webhooks[0].signing_secret", "vpn-enterprise dialect"],
+        ),
+        (
+            "standard-webhooks-without-secret",
+            format!("{head}dialect = \"standard-webhooks\"\n"),
+            vec!["webhooks[0].signing_secret", "standard-webhooks dialect"],
+        ),
+    ];
+    for (name, text, wanted) in &cases {
+        let stderr = check_config_fails(dir.path(), name, text);
+        for want in wanted {
+            assert!(stderr.contains(want), "{name}: {want:?} not in {stderr}");
+        }
+    }
+    // The same template restricted to the events that have the field passes.
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!("{head}dialect = \"template\"\nevents = [\"peer_metric.connect\"]\ntemplate_file = {:?}\n", file.display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(wgpulse_tests::agent::binary())
+        .args(["check-config", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

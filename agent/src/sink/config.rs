@@ -287,6 +287,27 @@ pub fn parse_url(text: &str) -> Result<url::Url, String> {
 }
 
 impl WebhookConfig {
+    /// Why `header` cannot carry the body signature even though it may be sent:
+    /// a header the request already has (its content type, the dialect's event
+    /// header, one of `[webhooks.headers]`).
+    fn signature_header_clash(&self, header: &str) -> Option<String> {
+        if header.eq_ignore_ascii_case("content-type") {
+            return Some("it carries the body's content type".into());
+        }
+        if let Some(event) = self.dialect.event_header() {
+            if header.eq_ignore_ascii_case(event) {
+                return Some(format!(
+                    "the {} dialect sends its event name in it",
+                    self.dialect.name()
+                ));
+            }
+        }
+        self.headers
+            .keys()
+            .any(|name| name.eq_ignore_ascii_case(header))
+            .then(|| "it is also set in [webhooks.headers]".into())
+    }
+
     /// Problems as (key, message) pairs.
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
@@ -415,6 +436,11 @@ impl WebhookConfig {
                 ),
                 Ok(_) => {
                     if let Some(why) = reserved_header(header) {
+                        problem(
+                            "signature_header",
+                            format!("{header} is not allowed here: {why}"),
+                        );
+                    } else if let Some(why) = self.signature_header_clash(header) {
                         problem(
                             "signature_header",
                             format!("{header} is not allowed here: {why}"),

@@ -18,6 +18,7 @@
 pub mod client;
 pub mod config;
 pub mod dialect;
+pub mod example;
 pub mod filter;
 mod housekeeping;
 pub mod http;

@@ -252,7 +252,7 @@ fn template_problem(config: &WebhookConfig) -> Option<(String, String)> {
     let template = match super::dialect::template::load(config) {
         Ok(Some(template)) => template,
         Ok(None) => return None,
-        Err(message) => return Some((key.into(), message)),
+        Err(message) => return Some((key.into(), format!("webhook {:?}: {message}", config.name))),
     };
     let filters: Vec<Filter> = config
         .events
@@ -270,7 +270,7 @@ fn template_problem(config: &WebhookConfig) -> Option<(String, String)> {
         .map(|(kind, err)| {
             (
                 key.into(),
-                format!("{err} (rendering a {kind} event; names that may be missing need a default, e.g. {{{{ x | default(\"\") }}}})"),
+                format!("webhook {:?}: {err} (rendering the sample {kind} event; names that may be missing need a default, e.g. {{{{ x | default(\"\") }}}})", config.name),
             )
         })
 }

@@ -2,7 +2,7 @@
 //! crates made for it, in the calling thread's network namespace.
 //!
 //! Devices are found with an rtnetlink link dump (`IFLA_INFO_KIND == "wireguard"`,
-//! [`links`]), then each is read with a `GET_DEVICE` dump. A device with many peers
+//! `links`), then each is read with a `GET_DEVICE` dump. A device with many peers
 //! comes back split over several messages (about 90 peers each): [`merge_device`]
 //! folds all of them into one device, never just the first. Private and preshared
 //! keys arrive in the reply; they are dropped while merging.

@@ -103,6 +103,15 @@ impl Dialect {
         }
     }
 
+    /// The header naming each request's event, for the dialects that send one.
+    pub fn event_header(self) -> Option<&'static str> {
+        match self {
+            Dialect::Wgpulse => Some("X-Wgpulse-Event"),
+            Dialect::Defguard => Some("X-Defguard-Event"),
+            _ => None,
+        }
+    }
+
     /// The key derivation when `signature_key` is not set.
     pub fn default_key_derivation(self) -> KeyDerivation {
         match self {

@@ -25,7 +25,7 @@ pub struct Template {
 
 /// A template that does not compile or render: the line (1-based) and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {message}")]
+#[error("template line {line}: {message}")]
 pub struct TemplateError {
     /// 1-based line in the template.
     pub line: usize,
