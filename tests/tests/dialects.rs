@@ -83,11 +83,22 @@ fn every_dialect_is_accepted_by_a_receiver_written_from_its_docs() {
     );
     let url = |route: &str| format!("http://127.0.0.1:{port}/{route}");
     let all = "events = [\"*\", \"peer_metric.handshake\"]";
+    // The chat lines name the peer from the peers file.
+    let peers_file = dir.join("peers.toml");
+    std::fs::write(
+        &peers_file,
+        format!(
+            "[peers.{:?}]\nname = \"alice-laptop\"\n",
+            pair.wg_a.keys.public
+        ),
+    )
+    .unwrap();
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
             r#"state_dir = {state:?}
+peers_file = {peers:?}
 interfaces = [{iface:?}]
 devices = [{dev:?}]
 drain_interval = "200ms"
@@ -149,6 +160,7 @@ template = "{{{{ text }}}} [{{{{ node }}}}]"
 template_content_type = "text/plain; charset=utf-8"
 "#,
             state = dir.display().to_string(),
+            peers = peers_file.display().to_string(),
             iface = pair.link.b.name,
             dev = pair.wg_b.name,
             wgp = url("wg-portal"),
@@ -358,7 +370,7 @@ template_content_type = "text/plain; charset=utf-8"
     let short = format!("{}…", &peer[..8]);
     assert!(route("slack").iter().any(|r| r.verdict
         == format!(
-            "peer {short} connected from {} on {}",
+            "peer alice-laptop ({short}) connected from {} on {}",
             pair.endpoint_a(),
             pair.wg_b.name
         )));
