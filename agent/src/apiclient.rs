@@ -222,7 +222,7 @@ pub fn peers(args: &ApiArgs, json: bool) -> Result<String, ApiClientError> {
     Ok(peers_table(&peers))
 }
 
-/// `wgpulse webhook ...`.
+/// `wgpulse target ...` (alias `wgpulse webhook ...`).
 pub fn webhook(args: &ApiArgs, action: &WebhookAction) -> Result<String, ApiClientError> {
     let target = target(args)?;
     let encode = |name: &str| {
@@ -230,15 +230,18 @@ pub fn webhook(args: &ApiArgs, action: &WebhookAction) -> Result<String, ApiClie
     };
     match action {
         WebhookAction::List => {
-            let value = call(&target, hyper::Method::GET, "/api/v1/webhooks")?;
+            let value = call(&target, hyper::Method::GET, "/api/v1/targets")?;
             let mut out = String::new();
-            for w in value["webhooks"].as_array().cloned().unwrap_or_default() {
+            for w in value["targets"].as_array().cloned().unwrap_or_default() {
                 out.push_str(&format!(
-                    "{name}  {url}  {state}  queued={queued} delivered={delivered} failed={failed} retries={retries} dead={dead} dropped={dropped} avg_latency_ms={latency}\n",
+                    "{name}  {kind}  {url}  {state}  queued={queued} delivered={delivered} failed={failed} retries={retries} dead={dead} dropped={dropped} avg_latency_ms={latency}\n",
                     name = w["name"].as_str().unwrap_or(""),
+                    kind = w["kind"].as_str().unwrap_or("webhook"),
                     url = w["url"].as_str().unwrap_or(""),
                     state = if let Some(reason) = w["paused"].as_str() {
                         format!("PAUSED ({reason})")
+                    } else if let Some(problem) = w["problem"].as_str() {
+                        format!("NOT DELIVERING ({problem})")
                     } else if w["enabled"] == false {
                         "disabled".into()
                     } else {
@@ -254,7 +257,7 @@ pub fn webhook(args: &ApiArgs, action: &WebhookAction) -> Result<String, ApiClie
                 ));
             }
             if out.is_empty() {
-                out.push_str("no webhooks configured\n");
+                out.push_str("no targets configured\n");
             }
             Ok(out)
         }
@@ -262,11 +265,14 @@ pub fn webhook(args: &ApiArgs, action: &WebhookAction) -> Result<String, ApiClie
             let value = call(
                 &target,
                 hyper::Method::POST,
-                &format!("/api/v1/webhooks/{}/test", encode(name)),
+                &format!("/api/v1/targets/{}/test", encode(name)),
             )?;
             Ok(format!(
-                "status {} in {:.1} ms (event {})\n{}\n",
-                value["status"],
+                "{} in {:.1} ms (event {})\n{}\n",
+                match value["status"].as_u64() {
+                    Some(status) => format!("status {status}"),
+                    None => "acknowledged".into(),
+                },
                 value["latency_ms"].as_f64().unwrap_or(0.0),
                 value["id"].as_str().unwrap_or(""),
                 value["body"].as_str().unwrap_or("")
@@ -276,7 +282,7 @@ pub fn webhook(args: &ApiArgs, action: &WebhookAction) -> Result<String, ApiClie
             let value = call(
                 &target,
                 hyper::Method::POST,
-                &format!("/api/v1/webhooks/{}/replay", encode(name)),
+                &format!("/api/v1/targets/{}/replay", encode(name)),
             )?;
             Ok(format!("{} dead letters queued again\n", value["replayed"]))
         }
@@ -284,7 +290,7 @@ pub fn webhook(args: &ApiArgs, action: &WebhookAction) -> Result<String, ApiClie
             let value = call(
                 &target,
                 hyper::Method::GET,
-                &format!("/api/v1/webhooks/{}/deliveries", encode(name)),
+                &format!("/api/v1/targets/{}/deliveries", encode(name)),
             )?;
             let mut out = String::new();
             for d in value["deliveries"].as_array().cloned().unwrap_or_default() {

@@ -97,6 +97,7 @@ pub fn start(config: &Config) -> Result<App, AppError> {
             node: &node,
             outbox: &config.outbox,
             webhooks: &config.webhooks,
+            nats: &config.nats,
         },
         runtime.handle(),
         &registry,
@@ -124,7 +125,8 @@ pub fn start(config: &Config) -> Result<App, AppError> {
     let state = ApiState {
         shared: agent.shared(),
         registry,
-        delivery: (!config.webhooks.is_empty()).then(|| delivery.clone()),
+        delivery: (!config.webhooks.is_empty() || !config.nats.is_empty())
+            .then(|| delivery.clone()),
         api_token,
         metrics_token,
         writer: Some(writer_health),

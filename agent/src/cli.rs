@@ -1,4 +1,5 @@
-//! The command line: `wgpulse run`, `check-config`, `peers`, `webhook`, `example`,
+//! The command line: `wgpulse run`, `check-config`, `peers`, `target` (alias
+//! `webhook`), `example`,
 //! `version`.
 //! Help text comes from these doc comments.
 
@@ -37,8 +38,10 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Inspect and operate the running agent's webhooks.
-    Webhook {
+    /// Inspect and operate the running agent's delivery targets (webhooks and NATS
+    /// targets); `webhook` is the same command under its old name.
+    #[command(alias = "webhook")]
+    Target {
         /// What to do.
         #[command(subcommand)]
         action: WebhookAction,
@@ -68,24 +71,25 @@ pub enum Command {
     Version,
 }
 
-/// `wgpulse webhook ...`.
+/// `wgpulse target ...` (alias `wgpulse webhook ...`).
 #[derive(Debug, Subcommand)]
 pub enum WebhookAction {
-    /// List webhooks with their delivery statistics.
+    /// List the targets with their delivery statistics.
     List,
-    /// Send a signed test event to one webhook; print status, latency and response.
+    /// Send a test event to one target (signed, in a webhook's dialect; published
+    /// to a NATS target's stream); print status, latency and the answer.
     Test {
-        /// The webhook's name.
+        /// The target's name.
         name: String,
     },
-    /// Queue a webhook's dead letters again (and unpause it).
+    /// Queue a target's dead letters again (and unpause it).
     Replay {
-        /// The webhook's name.
+        /// The target's name.
         name: String,
     },
-    /// Show a webhook's recent deliveries.
+    /// Show a target's recent deliveries.
     Deliveries {
-        /// The webhook's name.
+        /// The target's name.
         name: String,
     },
 }

@@ -1,6 +1,6 @@
 //! The `wgpulse` binary: parses the command line, checks the configuration, sets up
 //! logging and hands over to [`wgpulse::app`] (or the API client for `peers` and
-//! `webhook`).
+//! `target`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Command::Peers { json, api } => {
             return print(wgpulse::apiclient::peers(&api, json));
         }
-        Command::Webhook { action, api } => {
+        Command::Target { action, api } => {
             return print(wgpulse::apiclient::webhook(&api, &action));
         }
         Command::Example {

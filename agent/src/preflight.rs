@@ -43,6 +43,11 @@ pub fn resource_problems(config: &Config) -> Vec<(String, String)> {
             problems.push((format!("webhooks[{i}].{key}"), message));
         }
     }
+    for (i, nats) in config.nats.iter().enumerate() {
+        for (key, message) in crate::sink::nats::connect::resource_problems(nats) {
+            problems.push((format!("nats[{i}].{key}"), message));
+        }
+    }
     problems
 }
 

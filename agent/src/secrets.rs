@@ -55,6 +55,31 @@ pub fn placeholder(value: &[u8]) -> Option<&'static str> {
         .find(|p| normalized.windows(p.len()).any(|w| w == p.as_bytes()))
 }
 
+/// Reads a secret configured inline, in a file (its text without the trailing line
+/// break) or in an environment variable, whichever is set (the first of them);
+/// `None` when none is. The error says what could not be read, never a value.
+pub fn read_source(
+    inline: Option<&str>,
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+    if let Some(value) = inline {
+        return Ok(Some(zeroize::Zeroizing::new(value.to_owned())));
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok(Some(zeroize::Zeroizing::new(
+            text.trim_end_matches(['\n', '\r']).to_owned(),
+        )));
+    }
+    if let Some(name) = env {
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+        return Ok(Some(zeroize::Zeroizing::new(value)));
+    }
+    Ok(None)
+}
+
 /// Checks a value that is used as it is (an `Authorization` header, a custom header):
 /// only placeholders are refused, the receiver decides what else is valid.
 pub fn check_value(value: &[u8]) -> Result<(), WeakSecret> {

@@ -291,6 +291,7 @@ pub fn start_delivery(
             node: &node,
             outbox: &config.outbox,
             webhooks: &config.webhooks,
+            nats: &config.nats,
         },
         runtime,
         registry,

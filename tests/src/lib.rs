@@ -20,6 +20,7 @@ pub mod agent;
 pub mod capture;
 pub mod kernel_wg;
 pub mod names;
+pub mod nats;
 pub mod netns;
 pub mod process;
 pub mod receiver;

@@ -478,12 +478,16 @@ fn every_route_with_and_without_its_token_and_the_cli() {
         "{table}"
     );
     assert!(lines[1].contains(&pair.endpoint_a().to_string()), "{table}");
-    let out = cli(&["webhook", "list"]);
+    let out = cli(&["target", "list"]);
     let list = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        list.starts_with("hook  http://127.0.0.1:") && list.contains("delivered=1 failed=1"),
+        list.starts_with("hook  webhook  http://127.0.0.1:")
+            && list.contains("delivered=1 failed=1"),
         "{list}"
     );
+    // `webhook` is the old name of `target`: the same command.
+    let out = cli(&["webhook", "list"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), list);
     let out = cli(&["webhook", "test", "hook"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("status 200 in "),

@@ -5,7 +5,8 @@ use anyhow::{bail, Context as _};
 
 use crate::cmd;
 
-/// Debian packages: the eBPF linker's LLVM, real WireGuard, and the test oracles.
+/// Debian packages: the eBPF linker's LLVM, real WireGuard, the test oracles and the
+/// real servers the tests deliver to (Prometheus, NATS).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -22,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-pip",
     "systemd",
     "prometheus",
+    "nats-server",
+    "nftables",
 ];
 
 /// The nightly used for the BPF target when the installed `nightly` has another LLVM.

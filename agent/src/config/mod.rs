@@ -1,6 +1,6 @@
 //! The agent's configuration: one TOML file, every key documented in the README with
 //! its default, unknown keys rejected by name. Sections owned by other modules
-//! (`[outbox]`, `[[webhooks]]`, `[metrics]`, `[api]`) are defined beside the code that
+//! (`[outbox]`, `[[webhooks]]`, `[[nats]]`, `[metrics]`, `[api]`) are defined beside the code that
 //! uses them and embedded here. [`report`] checks a file the way `check-config` and
 //! `run` do: every problem at once, each with its key and line.
 
@@ -93,6 +93,8 @@ pub struct Config {
     pub outbox: crate::outbox::OutboxConfig,
     /// Webhook receivers.
     pub webhooks: Vec<crate::sink::config::WebhookConfig>,
+    /// NATS JetStream targets.
+    pub nats: Vec<crate::sink::nats::config::NatsConfig>,
     /// Prometheus and API listener.
     pub metrics: crate::server::MetricsConfig,
     /// Local HTTP API.
@@ -117,6 +119,7 @@ impl Default for Config {
             alerts: Default::default(),
             outbox: Default::default(),
             webhooks: Vec::new(),
+            nats: Vec::new(),
             metrics: Default::default(),
             api: Default::default(),
         }
@@ -182,6 +185,20 @@ impl Config {
             }
             for (key, message) in webhook.problems() {
                 invalid(&format!("webhooks[{i}].{key}"), message);
+            }
+        }
+        for (i, nats) in self.nats.iter().enumerate() {
+            if !names.insert(nats.name.clone()) {
+                invalid(
+                    &format!("nats[{i}].name"),
+                    format!(
+                        "duplicate target name {:?} (names are unique over webhooks and NATS targets)",
+                        nats.name
+                    ),
+                );
+            }
+            for (key, message) in nats.problems() {
+                invalid(&format!("nats[{i}].{key}"), message);
             }
         }
         for (key, message) in self.metrics.problems() {

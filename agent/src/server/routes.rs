@@ -1,5 +1,6 @@
 //! The routes: `/metrics`, `/healthz`, `/readyz`, `/api/v1/peers[/{key}]`,
-//! `/api/v1/devices`, `/api/v1/webhooks[/{name}/deliveries|dead-letters|test|replay]`.
+//! `/api/v1/devices`, `/api/v1/targets[/{name}/deliveries|dead-letters|test|replay]`
+//! (also under its old name `/api/v1/webhooks`).
 //! Errors are JSON `{"error": "..."}`, never a stack trace.
 
 use std::net::SocketAddr;
@@ -244,7 +245,10 @@ async fn api(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
             json_reply(StatusCode::OK, json!({ "devices": devices }))
         }
         ["peers"] | ["peers", _] | ["devices"] => method_not_allowed("GET"),
-        ["webhooks", ..] => webhooks(state, method, &rest[1..]).await,
+        // `targets` covers webhooks and NATS targets; `webhooks` is its old name,
+        // answering the same under its old list key.
+        ["targets", ..] => targets(state, method, &rest[1..], "targets").await,
+        ["webhooks", ..] => targets(state, method, &rest[1..], "webhooks").await,
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no route /api/v1/{}", rest.join("/")),
@@ -252,19 +256,17 @@ async fn api(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
     }
 }
 
-async fn webhooks(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
+async fn targets(state: &ApiState, method: &Method, rest: &[&str], route: &str) -> Reply {
     let Some(delivery) = &state.delivery else {
         return match rest {
-            [] if method == Method::GET => json_reply(StatusCode::OK, json!({ "webhooks": [] })),
+            [] if method == Method::GET => json_reply(StatusCode::OK, json!({ route: [] })),
             [] => method_not_allowed("GET"),
-            _ => error(StatusCode::NOT_FOUND, "no webhooks are configured"),
+            _ => error(StatusCode::NOT_FOUND, "no targets are configured"),
         };
     };
-    let unknown = |name: &str| error(StatusCode::NOT_FOUND, format!("no webhook named {name:?}"));
+    let unknown = |name: &str| error(StatusCode::NOT_FOUND, format!("no target named {name:?}"));
     match (method, rest) {
-        (&Method::GET, []) => {
-            json_reply(StatusCode::OK, json!({ "webhooks": delivery.webhooks() }))
-        }
+        (&Method::GET, []) => json_reply(StatusCode::OK, json!({ route: delivery.webhooks() })),
         (&Method::GET, [name, "deliveries"]) => match delivery.deliveries(name) {
             Some(records) => json_reply(StatusCode::OK, json!({ "deliveries": records })),
             None => unknown(name),
@@ -301,7 +303,7 @@ async fn webhooks(state: &ApiState, method: &Method, rest: &[&str]) -> Reply {
         (_, [] | [_, "deliveries" | "dead-letters"]) => method_not_allowed("GET"),
         _ => error(
             StatusCode::NOT_FOUND,
-            format!("no route /api/v1/webhooks/{}", rest.join("/")),
+            format!("no route /api/v1/{route}/{}", rest.join("/")),
         ),
     }
 }

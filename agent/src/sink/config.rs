@@ -201,6 +201,33 @@ impl Default for RetryConfig {
     }
 }
 
+impl RetryConfig {
+    /// Problems as (key, message) pairs, keys relative to the target (`retry`,
+    /// `retry.max_age`); `timeout` is the target's attempt timeout.
+    pub fn problems(&self, timeout: Duration) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
+            problems.push((
+                "retry".into(),
+                "need 0 < initial_backoff <= max_backoff".into(),
+            ));
+        }
+        // A shorter max_age dead-letters events before a receiver that blinked
+        // could answer a retry (0s gave up on every event without an attempt).
+        let floor = Duration::from_secs(60).max(timeout);
+        if self.max_age < floor {
+            problems.push((
+                "retry.max_age".into(),
+                format!(
+                    "must be at least {} (1m, and no less than timeout): a shorter one gives events up before a retry",
+                    humantime::format_duration(floor)
+                ),
+            ));
+        }
+        problems
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -467,22 +494,8 @@ impl WebhookConfig {
         if self.concurrency == 0 || self.concurrency > 256 {
             problem("concurrency", "must be between 1 and 256".into());
         }
-        if self.retry.initial_backoff.is_zero()
-            || self.retry.max_backoff < self.retry.initial_backoff
-        {
-            problem("retry", "need 0 < initial_backoff <= max_backoff".into());
-        }
-        // A shorter max_age dead-letters events before a receiver that blinked
-        // could answer a retry (0s gave up on every event without an attempt).
-        let floor = Duration::from_secs(60).max(self.timeout);
-        if self.retry.max_age < floor {
-            problem(
-                "retry.max_age",
-                format!(
-                    "must be at least {} (1m, and no less than timeout): a shorter one gives events up before a retry",
-                    humantime::format_duration(floor)
-                ),
-            );
+        for (key, message) in self.retry.problems(self.timeout) {
+            problem(&key, message);
         }
         problems
     }

@@ -72,6 +72,11 @@ pub(super) async fn run(inner: Arc<Inner>, t: usize, lane: usize) {
         let started = Instant::now();
         let attempted = target.transport.send(&loaded, SystemTime::now()).await;
         record(&inner, target, &attempted, batch.len(), started.elapsed());
+        let batch = settle_parts(&inner, target, lane, batch, &attempted).await;
+        if batch.is_empty() {
+            attempt = 0;
+            continue;
+        }
         match settle(
             &inner,
             target,
@@ -205,6 +210,10 @@ fn record(inner: &Inner, target: &Target, attempted: &Attempted, events: usize, 
         .latency
         .with_label_values(&[name])
         .observe(took.as_secs_f64());
+    let delivered = match attempted.outcome {
+        Outcome::Delivered => events - attempted.given_up.len(),
+        _ => attempted.acked.len(),
+    };
     target.state.lock().expect("not poisoned").stats.record(
         DeliveryRecord {
             at: time::OffsetDateTime::now_utc(),
@@ -215,8 +224,50 @@ fn record(inner: &Inner, target: &Target, attempted: &Attempted, events: usize, 
             latency_ms: took.as_secs_f64() * 1000.0,
             error: attempted.error.clone(),
         },
+        delivered,
         took,
     );
+}
+
+/// Settles the events a transport delivered or gave up one by one (a bus's
+/// per-message acknowledgements): they leave the lane; the rest of the batch is
+/// returned for the outcome.
+async fn settle_parts(
+    inner: &Arc<Inner>,
+    target: &Target,
+    lane: usize,
+    batch: Vec<Stored>,
+    attempted: &Attempted,
+) -> Vec<Stored> {
+    if attempted.acked.is_empty() && attempted.given_up.is_empty() {
+        return batch;
+    }
+    let acked: Vec<Stored> = attempted
+        .acked
+        .iter()
+        .filter_map(|&i| batch.get(i).cloned())
+        .collect();
+    if !acked.is_empty() {
+        acknowledge(inner, target, lane, &acked).await;
+    }
+    for (i, reason) in &attempted.given_up {
+        if let Some(stored) = batch.get(*i) {
+            tracing::warn!(webhook = %target.name(), "an event was given up (moved to the dead letters): {reason}");
+            bury(inner, target, lane, std::slice::from_ref(stored), reason).await;
+        }
+    }
+    let settled: HashSet<usize> = attempted
+        .acked
+        .iter()
+        .copied()
+        .chain(attempted.given_up.iter().map(|(i, _)| *i))
+        .collect();
+    batch
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !settled.contains(i))
+        .map(|(_, stored)| stored)
+        .collect()
 }
 
 /// Acts on an outcome: acknowledge, bury, pause, or schedule the retry.
@@ -235,10 +286,10 @@ async fn settle(
             acknowledge(inner, target, lane, batch).await;
             Next::Continue
         }
-        Outcome::Rejected(code) => {
+        Outcome::Rejected(reason) => {
             *attempt = 0;
-            tracing::warn!(webhook = %name, status = code, events = batch.len(), "receiver rejected the events: moved to the dead letters (not retried)");
-            bury(inner, target, lane, batch, &format!("HTTP {code}")).await;
+            tracing::warn!(webhook = %name, reason = %reason, events = batch.len(), "receiver rejected the events: moved to the dead letters (not retried)");
+            bury(inner, target, lane, batch, &reason).await;
             Next::Continue
         }
         Outcome::Gone => {

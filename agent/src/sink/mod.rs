@@ -24,6 +24,7 @@ mod housekeeping;
 pub mod http;
 mod intake;
 mod lane;
+pub mod nats;
 pub mod queue;
 pub mod request;
 pub mod retry;
@@ -61,8 +62,18 @@ pub enum SinkError {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Client(#[from] client::ClientError),
-    /// No webhook of that name.
-    #[error("no webhook named {0:?}")]
+    /// A NATS target could not be prepared: the key and why.
+    #[error("NATS target {target}: key `{key}`: {message}")]
+    Nats {
+        /// The target.
+        target: String,
+        /// The configuration key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// No target of that name.
+    #[error("no target named {0:?}")]
     UnknownWebhook(String),
     /// A test request failed before a response.
     #[error("webhook {webhook}: {message}")]
@@ -74,14 +85,14 @@ pub enum SinkError {
     },
 }
 
-/// The result of `webhook test`.
+/// The result of `target test`.
 #[derive(Clone, Debug, Serialize)]
 pub struct TestOutcome {
-    /// The receiver's status.
-    pub status: u16,
-    /// Time to the response.
+    /// The receiver's HTTP status (webhooks; none for a bus).
+    pub status: Option<u16>,
+    /// Time to the response (or the PubAck).
     pub latency_ms: f64,
-    /// The response body (truncated to 1 KiB).
+    /// The response body (truncated to 1 KiB), or what the bus acknowledged.
     pub body: String,
     /// The test event's id.
     pub id: String,
@@ -98,6 +109,8 @@ pub struct DeliverySettings<'a> {
     pub outbox: &'a OutboxConfig,
     /// `[[webhooks]]`.
     pub webhooks: &'a [WebhookConfig],
+    /// `[[nats]]`.
+    pub nats: &'a [nats::config::NatsConfig],
 }
 
 /// Shared by the handle, the lanes and housekeeping.
@@ -150,7 +163,6 @@ fn webhook_target(
         let _entered = runtime.enter();
         clients.for_ca_file(config.ca_file.as_deref())?
     };
-    let filters = template.filters.clone();
     let shape = config
         .dialect
         .shape(config.format)
@@ -170,30 +182,70 @@ fn webhook_target(
         body_template,
     );
     let transport = Arc::new(webhook::Webhook::new(template, encoder, client));
+    let target = queued_target(
+        transport.clone(),
+        outbox,
+        TargetSettings {
+            name: &config.name,
+            events: &config.events,
+            enabled: config.enabled,
+            retry: &config.retry,
+            batch: &config.batch,
+            lanes: config.concurrency,
+        },
+    )?;
+    Ok((target, transport))
+}
+
+/// What the delivery core needs of any target's configuration.
+struct TargetSettings<'a> {
+    name: &'a str,
+    events: &'a [String],
+    enabled: bool,
+    retry: &'a config::RetryConfig,
+    batch: &'a config::BatchConfig,
+    lanes: usize,
+}
+
+/// A target of any kind with its queue: the events the outbox still holds for it,
+/// each on the lane of its identifier.
+fn queued_target(
+    transport: Arc<dyn transport::Transport>,
+    outbox: &Outbox,
+    settings: TargetSettings<'_>,
+) -> Result<Target, SinkError> {
+    let filters = settings
+        .events
+        .iter()
+        .map(|f| filter::Filter::parse(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| TargetError::Invalid {
+            webhook: settings.name.to_owned(),
+            message,
+        })?;
     let mut state = TargetState {
-        lanes: vec![Default::default(); config.concurrency],
+        lanes: vec![Default::default(); settings.lanes],
         ..Default::default()
     };
-    for stored in outbox.pending(&config.name)? {
-        let lane = lane_of(&stored.identifier, config.concurrency);
+    for stored in outbox.pending(settings.name)? {
+        let lane = lane_of(&stored.identifier, settings.lanes);
         state.lanes[lane].push_back(stored);
     }
-    state.dead_letters = outbox.dead(&config.name)?.len();
+    state.dead_letters = outbox.dead(settings.name)?.len();
     let queued = queue::queued(&state);
     if queued > 0 {
-        tracing::info!(webhook = %config.name, queued, "resuming delivery of queued events");
+        tracing::info!(target_name = %settings.name, queued, "resuming delivery of queued events");
     }
-    let target = Target {
-        transport: transport.clone(),
+    Ok(Target {
+        transport,
         filters,
-        events: config.events.clone(),
-        enabled: config.enabled,
-        retry: config.retry.clone(),
-        batch: config.batch.clone(),
+        events: settings.events.to_vec(),
+        enabled: settings.enabled,
+        retry: settings.retry.clone(),
+        batch: settings.batch.clone(),
         state: Mutex::new(state),
-        wake: (0..config.concurrency).map(|_| Notify::new()).collect(),
-    };
-    Ok((target, transport))
+        wake: (0..settings.lanes).map(|_| Notify::new()).collect(),
+    })
 }
 
 impl Delivery {
@@ -215,6 +267,39 @@ impl Delivery {
             webhooks.push(Some(transport));
         }
         let (stop, _) = watch::channel(false);
+        let nats_metrics = nats::metrics::NatsMetrics::new(registry);
+        for (index, config) in settings.nats.iter().enumerate() {
+            let transport = nats::NatsTarget::start(
+                config,
+                index,
+                settings.node,
+                nats_metrics.clone(),
+                runtime,
+                stop.subscribe(),
+            )
+            .map_err(|(key, message)| SinkError::Nats {
+                target: config.name.clone(),
+                key,
+                message,
+            })?;
+            targets.push(queued_target(
+                Arc::new(transport),
+                &outbox,
+                TargetSettings {
+                    name: &config.name,
+                    events: &config.events,
+                    enabled: config.enabled,
+                    retry: &config.retry,
+                    batch: &config::BatchConfig {
+                        max_events: config.max_in_flight,
+                        max_bytes: 64 * 1024 * 1024,
+                        max_wait: Duration::ZERO,
+                    },
+                    lanes: nats::LANES,
+                },
+            )?);
+            webhooks.push(None);
+        }
         let inner = Arc::new(Inner {
             outbox,
             max_bytes: settings.outbox.max_bytes,

@@ -124,8 +124,14 @@ pub fn take(lane: &VecDeque<Stored>, format: Format, batch: &BatchConfig) -> Vec
 pub struct WebhookStatus {
     /// Name.
     pub name: String,
-    /// Where it delivers (URL without credentials or query).
+    /// `webhook` or `nats`.
+    pub kind: &'static str,
+    /// Where it delivers (URL without credentials or query; a NATS target's
+    /// servers and stream).
     pub url: String,
+    /// Why it cannot deliver now, when the transport knows (not connected, stream
+    /// missing).
+    pub problem: Option<String>,
     /// Configured `enabled`.
     pub enabled: bool,
     /// Why delivery is paused (e.g. 410 Gone), if it is.
@@ -165,7 +171,9 @@ pub fn status(target: &Target) -> WebhookStatus {
         .min();
     WebhookStatus {
         name: target.name().to_owned(),
+        kind: target.transport.kind(),
         url: target.transport.location(),
+        problem: target.transport.problem(),
         enabled: target.enabled,
         paused: state.paused.clone(),
         format: target.transport.format(),

@@ -128,27 +128,13 @@ fn secret(
     file: Option<&std::path::Path>,
     env: Option<&str>,
 ) -> Result<Option<Zeroizing<String>>, TargetError> {
-    let error = |message: String| TargetError::Secret {
-        webhook: webhook.to_owned(),
-        what,
-        message,
-    };
-    if let Some(value) = inline {
-        return Ok(Some(Zeroizing::new(value)));
-    }
-    if let Some(path) = file {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| error(format!("{}: {e}", path.display())))?;
-        return Ok(Some(Zeroizing::new(
-            text.trim_end_matches(['\n', '\r']).to_owned(),
-        )));
-    }
-    if let Some(name) = env {
-        let value = std::env::var(name)
-            .map_err(|_| error(format!("environment variable {name} is not set")))?;
-        return Ok(Some(Zeroizing::new(value)));
-    }
-    Ok(None)
+    crate::secrets::read_source(inline.as_deref(), file, env).map_err(|message| {
+        TargetError::Secret {
+            webhook: webhook.to_owned(),
+            what,
+            message,
+        }
+    })
 }
 
 /// Every problem with what a webhook reads at start (its secrets from files and

@@ -13,8 +13,9 @@ pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 pub enum Outcome {
     /// 2xx: delivered.
     Delivered,
-    /// A client error that will not go away by retrying (4xx but 408, 410, 429).
-    Rejected(u16),
+    /// Refused in a way that will not go away by retrying (HTTP 4xx but 408, 410,
+    /// 429): the reason, e.g. `HTTP 400`.
+    Rejected(String),
     /// 410 Gone: the receiver says the webhook is gone; pause it.
     Gone,
     /// Worth retrying (5xx, 408, 429, timeout, connection failure, garbage), after
@@ -55,7 +56,7 @@ pub fn classify(status: u16, retry_after: Option<&str>, now: SystemTime) -> Outc
             },
             reason: format!("HTTP {status}"),
         },
-        _ => Outcome::Rejected(status),
+        _ => Outcome::Rejected(format!("HTTP {status}")),
     }
 }
 
@@ -103,8 +104,14 @@ mod tests {
     fn statuses_are_classified() {
         let now = SystemTime::now();
         assert_eq!(classify(204, None, now), Outcome::Delivered);
-        assert_eq!(classify(400, None, now), Outcome::Rejected(400));
-        assert_eq!(classify(404, None, now), Outcome::Rejected(404));
+        assert_eq!(
+            classify(400, None, now),
+            Outcome::Rejected("HTTP 400".into())
+        );
+        assert_eq!(
+            classify(404, None, now),
+            Outcome::Rejected("HTTP 404".into())
+        );
         assert_eq!(classify(410, None, now), Outcome::Gone);
         assert!(matches!(classify(408, None, now), Outcome::Retry { .. }));
         assert!(matches!(

@@ -69,15 +69,16 @@ pub struct WebhookStats {
 }
 
 impl WebhookStats {
-    /// Records one attempt.
-    pub fn record(&mut self, record: DeliveryRecord, latency: Duration) {
+    /// Records one attempt that delivered `delivered` of its events.
+    pub fn record(&mut self, record: DeliveryRecord, delivered: usize, latency: Duration) {
         self.counters.requests += 1;
         self.counters.latency_total += latency;
         let now = SystemTime::now();
-        if record.outcome == "delivered" {
-            self.counters.delivered += record.events as u64;
+        self.counters.delivered += delivered as u64;
+        if delivered > 0 {
             self.counters.last_success = Some(now);
-        } else {
+        }
+        if record.outcome != "delivered" {
             self.counters.failed += 1;
             self.counters.last_failure = Some(now);
             self.counters.last_error = record

@@ -1,8 +1,9 @@
 //! What a kind of delivery target implements: how one batch of stored events is sent
 //! and what the answer means. Everything else — the outbox, the per-peer lanes,
 //! batching limits, retries with back-off, dead letters, pausing, statistics, the API
-//! and the CLI — is the delivery core's and shared by every kind (a webhook today;
-//! a bus such as NATS JetStream, or Kafka later, is one more implementation).
+//! and the CLI — is the delivery core's and shared by every kind: a webhook
+//! ([`super::webhook`]) and NATS JetStream ([`super::nats`]); Kafka would be one more
+//! implementation.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -63,12 +64,30 @@ pub struct Attempted {
     pub status: Option<u16>,
     /// What failed, if anything.
     pub error: Option<String>,
+    /// Indices of events of the batch that were delivered although `outcome` is
+    /// not [`Outcome::Delivered`] (a bus acknowledges each message): they leave
+    /// the outbox, and `outcome` applies to the rest.
+    pub acked: Vec<usize>,
+    /// Indices of events given up with the reason (no retry can deliver them):
+    /// they become dead letters, and `outcome` applies to the rest.
+    pub given_up: Vec<(usize, String)>,
 }
 
 /// A kind of delivery target.
 pub trait Transport: Send + Sync + 'static {
     /// The target's name (unique across all targets).
     fn name(&self) -> &str;
+
+    /// The kind of target: `webhook`, `nats`.
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+
+    /// Why the target cannot deliver now, when it knows before trying (not
+    /// connected, its stream is missing).
+    fn problem(&self) -> Option<String> {
+        None
+    }
 
     /// Where it delivers, without credentials (for the API and logs).
     fn location(&self) -> String;

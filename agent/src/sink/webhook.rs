@@ -77,6 +77,8 @@ impl Transport for Webhook {
                     ),
                     status: Some(answer.status),
                     error: None,
+                    acked: Vec::new(),
+                    given_up: Vec::new(),
                 },
                 Err(err) => Attempted {
                     id,
@@ -87,6 +89,8 @@ impl Transport for Webhook {
                     },
                     status: None,
                     error: Some(err.to_string()),
+                    acked: Vec::new(),
+                    given_up: Vec::new(),
                 },
             }
         })
@@ -101,7 +105,7 @@ impl Transport for Webhook {
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(TestOutcome {
-                status: answer.status,
+                status: Some(answer.status),
                 latency_ms: started.elapsed().as_secs_f64() * 1000.0,
                 body: String::from_utf8_lossy(&answer.body[..answer.body.len().min(1024)])
                     .into_owned(),
