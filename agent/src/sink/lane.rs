@@ -284,6 +284,15 @@ async fn settle(
         Outcome::Delivered => {
             *attempt = 0;
             acknowledge(inner, target, lane, batch).await;
+            if let Some(failure) = target
+                .state
+                .lock()
+                .expect("not poisoned")
+                .logged_failure
+                .take()
+            {
+                tracing::info!(webhook = %name, "delivering again (it failed with: {failure})");
+            }
             Next::Continue
         }
         Outcome::Rejected(reason) => {
@@ -306,7 +315,15 @@ async fn settle(
                 target.retry.max_backoff,
                 after,
             );
-            tracing::warn!(webhook = %name, attempt = *attempt, retry_in = ?wait, "delivery failed: {reason}");
+            let mut state = target.state.lock().expect("not poisoned");
+            if state.logged_failure.as_deref() == Some(reason.as_str()) {
+                // Said already: the counters and `target list` show the attempts.
+                tracing::debug!(webhook = %name, attempt = *attempt, retry_in = ?wait, "delivery failed: {reason}");
+            } else {
+                tracing::warn!(webhook = %name, attempt = *attempt, retry_in = ?wait, "delivery failed: {reason} (retried with back-off; said once until it changes or works)");
+                state.logged_failure = Some(reason);
+            }
+            drop(state);
             Next::RetryAfter(wait)
         }
     }

@@ -46,6 +46,9 @@ pub struct TargetState {
     pub stats: WebhookStats,
     /// Dead letters now stored.
     pub dead_letters: usize,
+    /// The failure last logged (one warning per distinct failure, not per attempt
+    /// and lane); cleared, with a line, when delivery works again.
+    pub logged_failure: Option<String>,
 }
 
 impl Target {
