@@ -348,9 +348,11 @@ fn the_whole_cluster_down_for_a_minute_loses_nothing_and_the_backlog_drains() {
         target(&pair.b, "bus")["queued"] == 0
     });
     // The gauge is refreshed every second: it falls back within a few.
-    wait_for("the oldest-queued age to fall back", Duration::from_secs(5), || {
-        oldest(&pair) == 0.0
-    });
+    wait_for(
+        "the oldest-queued age to fall back",
+        Duration::from_secs(5),
+        || oldest(&pair) == 0.0,
+    );
     let messages = nats.read("FLEET");
     assert_exactly_once_in_order(&messages, &expected);
     agent.kill();

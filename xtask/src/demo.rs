@@ -70,12 +70,12 @@ print("ready", flush=True)
 server.serve_forever()
 "#;
 
-fn indent(text: &str) -> String {
+pub(crate) fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
 /// Waits `seconds` (the demo lets wall-clock time pass), checking for Ctrl-C.
-fn wait_seconds(interrupted: &AtomicBool, seconds: u64) -> anyhow::Result<()> {
+pub(crate) fn wait_seconds(interrupted: &AtomicBool, seconds: u64) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < until {
         if interrupted.load(Ordering::Relaxed) {
@@ -88,15 +88,16 @@ fn wait_seconds(interrupted: &AtomicBool, seconds: u64) -> anyhow::Result<()> {
 
 /// Everything the demo created; removed on drop, in reverse order.
 #[derive(Default)]
-struct Demo {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-    sockets: Vec<String>,
+pub(crate) struct Demo {
+    pub(crate) namespaces: Vec<String>,
+    pub(crate) children: Vec<Child>,
+    pub(crate) sockets: Vec<String>,
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        // The last started first: agents and consumers before the servers they use.
+        for child in self.children.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -106,11 +107,11 @@ impl Drop for Demo {
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        println!("demo: torn down (namespaces, wireguard-go, agent)");
+        println!("demo: torn down (namespaces, processes)");
     }
 }
 
-fn ns_run(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn ns_run(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns])
         .args(args)
@@ -125,7 +126,7 @@ fn ns_run(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn step(interrupted: &AtomicBool, text: &str) -> anyhow::Result<()> {
+pub(crate) fn step(interrupted: &AtomicBool, text: &str) -> anyhow::Result<()> {
     if interrupted.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
@@ -134,7 +135,7 @@ fn step(interrupted: &AtomicBool, text: &str) -> anyhow::Result<()> {
 }
 
 impl Demo {
-    fn namespace(&mut self, name: &str) -> anyhow::Result<String> {
+    pub(crate) fn namespace(&mut self, name: &str) -> anyhow::Result<String> {
         let name = format!("{name}{}", std::process::id() % 10000);
         cmd::run("ip", &["netns", "add", &name])?;
         self.namespaces.push(name.clone());
@@ -142,7 +143,37 @@ impl Demo {
         Ok(name)
     }
 
-    fn wireguard(
+    /// A veth pair from `a` (address `addr_a`, a /24) to `b` (`addr_b`), both up.
+    pub(crate) fn veth(
+        &mut self,
+        a: &str,
+        addr_a: &str,
+        b: &str,
+        addr_b: &str,
+        tag: &str,
+    ) -> anyhow::Result<(String, String)> {
+        let id = std::process::id() % 10000;
+        let (va, vb) = (format!("va{tag}x{id}"), format!("vb{tag}x{id}"));
+        cmd::run(
+            "ip",
+            &[
+                "link", "add", &va, "netns", a, "type", "veth", "peer", "name", &vb, "netns", b,
+            ],
+        )?;
+        ns_run(
+            a,
+            &["ip", "addr", "add", &format!("{addr_a}/24"), "dev", &va],
+        )?;
+        ns_run(
+            b,
+            &["ip", "addr", "add", &format!("{addr_b}/24"), "dev", &vb],
+        )?;
+        ns_run(a, &["ip", "link", "set", &va, "up"])?;
+        ns_run(b, &["ip", "link", "set", &vb, "up"])?;
+        Ok((va, vb))
+    }
+
+    pub(crate) fn wireguard(
         &mut self,
         ns: &str,
         name: &str,

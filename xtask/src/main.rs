@@ -5,6 +5,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod fleet;
 mod setup;
 mod test;
 mod vmtest;
@@ -29,7 +30,13 @@ enum Task {
     /// The demo: wireguard-go peers in namespaces, the agent and a webhook receiver
     /// watching them, traffic, a roam, garbage, disconnects and a peer removal;
     /// everything torn down afterwards.
-    Demo,
+    Demo {
+        /// The fleet demo instead: three gateways with their own agents publishing
+        /// into one NATS JetStream stream, and a consumer printing their connects
+        /// and disconnects.
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Benchmarks (medians of repeated runs, ratios measured side by side): prints a
     /// table per part and writes target/bench/report.{json,md} with SVG plots.
     Bench {
@@ -58,7 +65,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::run(),
-        Task::Demo => demo::run(),
+        Task::Demo { fleet: false } => demo::run(),
+        Task::Demo { fleet: true } => fleet::run(),
         Task::Bench { parts, quick } => bench::run(&parts, quick),
         Task::Build => cmd::cargo(&["build", "--release", "-p", "wgpulse"]),
         Task::Test { no_setup } => test::run(!no_setup),
