@@ -3,7 +3,8 @@ test suite reads what the agent published through it, as a fleet's consumers wou
 
 usage:
   nats_consumer.py read SERVERS STREAM        every message as a JSON line
-                                               {seq, subject, msg_id, event}
+                                               {seq, subject, msg_id, stored, event}
+                                               (stored: when the stream stored it, Unix s)
   nats_consumer.py info SERVERS STREAM        {messages, leader, replicas}
   nats_consumer.py create SERVERS STREAM SUBJECT REPLICAS MAX_BYTES
                                                a stream that refuses new messages when full
@@ -44,6 +45,7 @@ async def read(servers, stream):
                 "seq": meta.sequence.stream,
                 "subject": msg.subject,
                 "msg_id": (msg.headers or {}).get("Nats-Msg-Id"),
+                "stored": meta.timestamp.timestamp(),
                 "event": json.loads(msg.data),
             }), flush=True)
             await msg.ack()

@@ -22,6 +22,8 @@ pub struct StreamMessage {
     pub subject: String,
     /// Its `Nats-Msg-Id` header.
     pub msg_id: Option<String>,
+    /// When the stream stored it (Unix seconds, the server's clock).
+    pub stored: f64,
     /// The event (its JSON payload).
     pub event: Value,
 }
@@ -234,6 +236,7 @@ impl<'a> NatsCluster<'a> {
                     seq: v["seq"].as_u64().unwrap(),
                     subject: v["subject"].as_str().unwrap().to_owned(),
                     msg_id: v["msg_id"].as_str().map(str::to_owned),
+                    stored: v["stored"].as_f64().unwrap(),
                     event: v["event"].clone(),
                 }
             })

@@ -291,7 +291,7 @@ impl Delivery {
                     enabled: config.enabled,
                     retry: &config.retry,
                     batch: &config::BatchConfig {
-                        max_events: config.max_in_flight,
+                        max_events: nats::BATCH_EVENTS,
                         max_bytes: 64 * 1024 * 1024,
                         max_wait: Duration::ZERO,
                     },

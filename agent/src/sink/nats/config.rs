@@ -90,7 +90,7 @@ pub struct NatsConfig {
     /// server), default 10 s.
     #[serde(default = "ten_seconds", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Publishes awaiting their PubAck at once, over all peers (default 256). One
+    /// Publishes awaiting their PubAck at once, over all peers (default 1024). One
     /// peer's events are never two in flight.
     #[serde(default = "in_flight")]
     pub max_in_flight: usize,
@@ -355,7 +355,7 @@ fn ten_seconds() -> Duration {
 }
 
 fn in_flight() -> usize {
-    256
+    1024
 }
 
 fn nats_retry() -> RetryConfig {

@@ -35,6 +35,10 @@ use subject::SubjectTemplate;
 /// with every peer's events in order.
 pub const LANES: usize = 4;
 
+/// Most events a lane takes from its queue at once: their publishes share
+/// `max_in_flight`, and they leave the outbox in one acknowledgement (one fsync).
+pub const BATCH_EVENTS: usize = 1024;
+
 /// One NATS JetStream target.
 pub struct NatsTarget {
     name: String,

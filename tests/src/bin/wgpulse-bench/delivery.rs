@@ -1,6 +1,7 @@
 //! Part 6, delivery: events per second to a loopback receiver with the durable outbox
 //! on (every append and every acknowledgement fsynced), in batch and in single mode,
-//! and the latency from an event's creation to the receiver having it (p50, p99).
+//! and the latency from an event's creation to the receiver having it (p50, p99);
+//! the same into NATS JetStream streams of one and three replicas.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -108,8 +109,8 @@ pub fn run(quick: bool) -> Part {
     let (batched_n, single_n) = if quick { (5_000, 300) } else { (50_000, 3_000) };
     let mut part = Part::new(
         "delivery",
-        "Webhook delivery",
-        &format!("{batched_n} events batched (500 per request) and {single_n} single, to a loopback HTTP/1.1 receiver, outbox fsynced; latency from event creation to arrival"),
+        "Webhook and NATS delivery",
+        &format!("{batched_n} events batched (500 per request) and {single_n} single, to a loopback HTTP/1.1 receiver, outbox fsynced; latency from event creation to arrival. NATS: {batched_n} events to an R1 stream (one server) and an R3 stream (three-node cluster) on loopback, outbox fsynced, to the last PubAck; latency from event creation to the stream storing it (its own timestamps)"),
     );
     let (batched, b50, b99) = measure("batch", batched_n);
     let (single, s50, s99) = measure("single", single_n);
@@ -124,5 +125,107 @@ pub fn run(quick: bool) -> Part {
     );
     part.rows.push(Row::new("single latency p50", s50, "ms"));
     part.rows.push(Row::new("single latency p99", s99, "ms"));
+    for replicas in [1, 3] {
+        let (rate, p50, p99) = measure_nats(replicas, batched_n);
+        part.rows.push(
+            Row::new(&format!("NATS R{replicas} throughput"), rate, "events/s")
+                .ratio(rate / batched, "x batched webhook")
+                .target(">= batched webhook", rate >= batched),
+        );
+        part.rows.push(Row::new(
+            &format!("NATS R{replicas} latency p50 (to PubAck)"),
+            p50,
+            "ms",
+        ));
+        part.rows.push(Row::new(
+            &format!("NATS R{replicas} latency p99 (to PubAck)"),
+            p99,
+            "ms",
+        ));
+    }
     part
+}
+
+/// Publishes `n` events through one NATS target into a stream of `replicas` (a
+/// standalone server, or a three-node cluster for R3) on loopback in a namespace
+/// of its own; returns (events/s to the last PubAck, p50 ms, p99 ms from event
+/// creation to the stream storing it, as the stream's own timestamps say).
+fn measure_nats(replicas: usize, n: usize) -> (f64, f64, f64) {
+    let ns = wgpulse_tests::netns::NetNs::new("wpbn");
+    let nats = wgpulse_tests::nats::NatsCluster::start(&ns, replicas.max(1), None);
+    nats.create_stream("BENCH", "wgpulse.>", replicas, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
+    let text = format!(
+        "state_dir = {:?}\n[[nats]]\nname = \"bench\"\nservers = [{}]\nstream = \"BENCH\"\n",
+        dir.path().display().to_string(),
+        servers.join(", ")
+    );
+    let config = Config::parse(&text, Path::new("bench.toml")).unwrap();
+    // The runtime's threads are made inside the namespace: their sockets are there.
+    let (runtime, delivery) = {
+        let _inside = ns.enter();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let registry = prometheus::Registry::new();
+        let delivery = wgpulse_tests::agent::start_delivery(&config, runtime.handle(), &registry);
+        (runtime, delivery)
+    };
+    let ready = Instant::now() + Duration::from_secs(30);
+    while delivery.webhooks()[0].problem.is_some() {
+        assert!(Instant::now() < ready, "the NATS target did not get ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let events: Vec<Event> = (0..n)
+        .map(|i| {
+            Event::new(
+                "bench",
+                "peer_metric",
+                "connect",
+                &format!("peer-{}", i % 1000),
+                serde_json::json!({"Status": {"IsConnected": true, "N": i}}),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in events.chunks(4096) {
+        delivery.accept(chunk);
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status = &delivery.webhooks()[0];
+        if status.counters.delivered as usize >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} events acknowledged",
+            status.counters.delivered
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    runtime.block_on(delivery.shutdown(Duration::from_secs(2)));
+    let messages = nats.read("BENCH");
+    assert_eq!(messages.len(), n, "every event once in the stream");
+    let latencies: Vec<f64> = messages
+        .iter()
+        .map(|m| {
+            let created = time::OffsetDateTime::parse(
+                m.event["timestamp"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap();
+            let created = created.unix_timestamp_nanos() as f64 / 1e9;
+            (m.stored - created).max(0.0) * 1000.0
+        })
+        .collect();
+    (
+        rate,
+        percentile(latencies.clone(), 50.0),
+        percentile(latencies, 99.0),
+    )
 }
