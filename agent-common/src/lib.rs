@@ -23,6 +23,8 @@ pub const MAP_OFFSETS: &str = "OFFSETS";
 pub const MAP_WG_PEERS: &str = "WG_PEERS";
 /// Name of the array (one entry) holding the `struct wg_peer` offsets ([`WgPeerOffsets`]).
 pub const MAP_WG_OFFSETS: &str = "WG_OFFSETS";
+/// Name of the LRU hash of per-session transport counters ([`PathKey`] -> [`PathState`]).
+pub const MAP_PATHS: &str = "PATHS";
 
 /// Default bound of the endpoint map (`max_peers` in the configuration).
 pub const DEFAULT_MAX_PEERS: u32 = 65_536;
@@ -208,6 +210,9 @@ pub struct SessionState {
     pub remote_index: u32,
     /// `CLOCK_MONOTONIC (coarse)` ns of the last state change.
     pub updated_ns: u64,
+    /// `CLOCK_MONOTONIC` (precise) ns when our initiation or response was sent: the
+    /// start of the handshake round trip.
+    pub sent_ns: u64,
 }
 
 /// Ring-buffer record kind: a handshake completed.
@@ -237,6 +242,73 @@ pub struct SessionEvent {
     pub endpoint: EndpointKey,
     /// The previous endpoint (endpoint changes only; zero otherwise).
     pub previous: EndpointKey,
+    /// Handshake round trip in ns, from the programs' own precise timestamps: our
+    /// initiation out -> its response in (initiator), our response out -> the first
+    /// data on its index in (responder). 0 when unknown or not a handshake.
+    pub rtt_ns: u64,
+}
+
+/// [`PathKey::direction`]: data messages received (the index is ours).
+pub const PATH_RX: u32 = 0;
+/// [`PathKey::direction`]: data messages sent (the index is the peer's).
+pub const PATH_TX: u32 = 1;
+/// Width of the per-session window of recent counters ([`PathState::window`]): one
+/// 64-bit word, so that telling a late packet from a duplicate costs one shift and
+/// one AND. Late packets further back are still counted as late (and as received),
+/// only a duplicate further back cannot be told from a late packet.
+pub const PATH_WINDOW: u64 = 64;
+/// A counter this far above the highest seen is not believed (counted in
+/// [`PathState::jumps`], the window untouched): a session lives at most three minutes,
+/// so no real sender numbers 2^31 packets between two that reach us. It bounds what
+/// one forged packet (TC sees packets before WireGuard authenticates them) can do to
+/// the loss figures.
+pub const PATH_MAX_JUMP: u64 = 1 << 31;
+
+/// Key of the path map: one WireGuard session index in one direction of one device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PathKey {
+    /// Device id.
+    pub device: u32,
+    /// The receiver index in the data messages: ours for [`PATH_RX`], the peer's for
+    /// [`PATH_TX`].
+    pub index: u32,
+    /// [`PATH_RX`] or [`PATH_TX`].
+    pub direction: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
+/// Value of the path map: what the datapath knows of one session's counters in one
+/// direction. The counters of one keypair start at 0 and rise by one per message
+/// (keepalives included), so `highest - first + 1` messages were numbered by the
+/// sender; `packets - duplicates - early` of them reached this hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathState {
+    /// The endpoint of the last message (attribution to the peer).
+    pub endpoint: EndpointKey,
+    /// The lowest counter the window accounts from: 0 when the session was seen from
+    /// its start (its first message had a counter below [`PATH_WINDOW`]), else the
+    /// first counter seen.
+    pub first: u64,
+    /// The highest counter seen.
+    pub highest: u64,
+    /// Bit i set: counter `highest - i` was seen.
+    pub window: u64,
+    /// Data messages seen (duplicates included; a GSO skb counts each segment).
+    pub packets: u64,
+    /// Messages that arrived below the highest counter seen (reordered), not duplicates.
+    pub late: u64,
+    /// Messages whose counter was already seen within the window.
+    pub duplicates: u64,
+    /// Messages below `first` (sent before the session was first seen): received,
+    /// but not part of the expected range.
+    pub early: u64,
+    /// Messages whose counter jumped more than [`PATH_MAX_JUMP`] ahead: ignored.
+    pub jumps: u64,
+    /// `CLOCK_MONOTONIC (coarse)` ns of the last message.
+    pub updated_ns: u64,
 }
 
 /// Offsets of kernel structure fields the drop tracepoint reads, resolved by
@@ -340,6 +412,10 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for SessionEvent {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for PathKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PathState {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for WgPeerOffsets {}
@@ -359,8 +435,10 @@ mod tests {
         assert_eq!(size_of::<DirectionStats>(), 4 * 8 + 32 + 16);
         assert_eq!(size_of::<EndpointStats>(), 2 * 80 + 16);
         assert_eq!(size_of::<SessionKey>(), 8);
-        assert_eq!(size_of::<SessionState>(), 24 + 4 + 4 + 8);
-        assert_eq!(size_of::<SessionEvent>(), 4 + 4 + 8 + 4 + 4 + 24 + 24);
+        assert_eq!(size_of::<SessionState>(), 24 + 4 + 4 + 8 + 8);
+        assert_eq!(size_of::<SessionEvent>(), 4 + 4 + 8 + 4 + 4 + 24 + 24 + 8);
+        assert_eq!(size_of::<PathKey>(), 16);
+        assert_eq!(size_of::<PathState>(), 24 + 9 * 8);
         assert_eq!(size_of::<KernelOffsets>(), 24);
         assert_eq!(size_of::<WgPeerOffsets>(), 12 * 4);
         assert_eq!(size_of::<WgPeerReading>(), 5 * 8 + 4 + 16 + 3 * 4 + 32);

@@ -3,6 +3,7 @@
 
 use crate::maps::*;
 use crate::parse::*;
+use crate::paths::*;
 use crate::sessions::*;
 use agent_common::{message, EndpointKey, EndpointStats, GlobalStats};
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
@@ -81,6 +82,12 @@ pub(crate) fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Parsed) -
     if !count(direction, class, packets, payload, now) {
         return Ok(());
     }
+    if class == Class::Data {
+        let counter = u64::from_le_bytes([
+            head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15],
+        ]);
+        track_path::<INGRESS>(&key, first_index, counter, packets, now);
+    }
     track_session::<INGRESS>(class, &key, first_index, second_index, now, fresh);
     Ok(())
 }
@@ -88,7 +95,7 @@ pub(crate) fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Parsed) -
 /// The message class from the head of a payload: type byte, three reserved zero
 /// bytes, and the exact length of each handshake message (a GSO skb holds data only).
 #[inline(always)]
-fn classify(head: &[u8; 12], payload: u32, segments: u32) -> Class {
+fn classify(head: &[u8; HEAD_LEN], payload: u32, segments: u32) -> Class {
     let single_len = if segments > 1 { 0 } else { payload };
     if payload < message::DATA_MIN_LEN || head[1] != 0 || head[2] != 0 || head[3] != 0 {
         return Class::Invalid;

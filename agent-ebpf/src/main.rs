@@ -1,6 +1,7 @@
 //! The wgpulse datapath: TC classifiers that count every datagram on a WireGuard UDP
 //! port per remote endpoint, follow WireGuard session indices to tell completed
-//! handshakes from attempts, and a BTF tracepoint that counts datagrams the UDP socket
+//! handshakes from attempts (and time their round trips), follow each session's
+//! transport counters (loss and reordering), and a BTF tracepoint that counts datagrams the UDP socket
 //! dropped before WireGuard could read them; and, where kernel WireGuard runs, a kprobe
 //! that reads each peer's own counters (kernel-mode attribution).
 //!
@@ -20,6 +21,8 @@ mod kernel_peers;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod paths;
 #[cfg(target_arch = "bpf")]
 mod sessions;
 

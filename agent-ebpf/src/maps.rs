@@ -1,8 +1,9 @@
 //! The maps the programs share with userspace (names and sizes from `agent-common`).
 
 use agent_common::{
-    EndpointKey, EndpointStats, GlobalStats, KernelOffsets, SessionKey, SessionState,
-    DEFAULT_MAX_PEERS, DEFAULT_MAX_SESSIONS, EVENTS_RING_BYTES, MAX_DEVICES, PORT_MAP_ENTRIES,
+    EndpointKey, EndpointStats, GlobalStats, KernelOffsets, PathKey, PathState, SessionKey,
+    SessionState, DEFAULT_MAX_PEERS, DEFAULT_MAX_SESSIONS, EVENTS_RING_BYTES, MAX_DEVICES,
+    PORT_MAP_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -21,6 +22,12 @@ pub(crate) static PORTS: Array<u32> = Array::with_max_entries(PORT_MAP_ENTRIES, 
 /// Our WireGuard session indices, to recognise completed handshakes and roaming.
 #[map]
 pub(crate) static SESSIONS: LruHashMap<SessionKey, SessionState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
+
+/// Per session index and direction: the transport counters seen (loss, reordering);
+/// userspace sets `max_entries` from `max_peers`.
+#[map]
+pub(crate) static PATHS: LruHashMap<PathKey, PathState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
 
 /// Datapath-wide counters.

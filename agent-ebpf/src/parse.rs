@@ -42,21 +42,27 @@ pub(crate) struct Datagram {
     pub(crate) udp_offset: usize,
 }
 
-/// Headers up to the first 12 bytes of the WireGuard message.
+/// Headers up to the first 16 bytes of the WireGuard message.
 pub(crate) struct Parsed {
     pub(crate) family: u16,
     pub(crate) src: [u8; 16],
     pub(crate) dst: [u8; 16],
     pub(crate) udp: [u8; UDP_HLEN],
-    /// Type, reserved bytes and indices of the message (zero if the payload is shorter).
-    pub(crate) head: [u8; 12],
+    /// Type, reserved bytes, indices, and (data messages) the counter: the first
+    /// [`HEAD_LEN`] bytes of the message (zero if the payload is shorter).
+    pub(crate) head: [u8; HEAD_LEN],
     pub(crate) udp_offset: usize,
 }
 
-/// Bytes the fast path needs in the linear part of the skb (IPv6 case).
-pub(crate) const DIRECT_V4: usize = 20 + UDP_HLEN + 12;
+/// Bytes of the message head read: type (1), reserved (3), receiver index (4) and
+/// counter (8) of a data message; sender and receiver index of a handshake message.
+pub(crate) const HEAD_LEN: usize = 16;
 
-pub(crate) const DIRECT_V6: usize = IPV6_HLEN + UDP_HLEN + 12;
+/// Bytes the fast path needs in the linear part of the skb (IPv4 case).
+pub(crate) const DIRECT_V4: usize = 20 + UDP_HLEN + HEAD_LEN;
+
+/// Bytes the fast path needs in the linear part of the skb (IPv6 case).
+pub(crate) const DIRECT_V6: usize = IPV6_HLEN + UDP_HLEN + HEAD_LEN;
 
 /// The fast path: untagged IPv4 without options or IPv6 without extension headers,
 /// read in place from the packet (one bounds check instead of a helper call per
@@ -99,7 +105,7 @@ pub(crate) fn parse_direct<const ETHERNET: bool>(ctx: &TcContext) -> Option<Pars
             // above (DIRECT_V4 / DIRECT_V6 cover them).
             udp: unsafe { (at(udp_offset) as *const [u8; UDP_HLEN]).read_unaligned() },
             // SAFETY: a probe read at a BTF offset (faults are caught by the helper).
-            head: unsafe { (at(udp_offset + UDP_HLEN) as *const [u8; 12]).read_unaligned() },
+            head: unsafe { (at(udp_offset + UDP_HLEN) as *const [u8; HEAD_LEN]).read_unaligned() },
             udp_offset,
         });
     }
@@ -123,7 +129,7 @@ pub(crate) fn parse_direct<const ETHERNET: bool>(ctx: &TcContext) -> Option<Pars
         // above (DIRECT_V4 / DIRECT_V6 cover them).
         udp: unsafe { (at(udp_offset) as *const [u8; UDP_HLEN]).read_unaligned() },
         // SAFETY: a probe read at a BTF offset (faults are caught by the helper).
-        head: unsafe { (at(udp_offset + UDP_HLEN) as *const [u8; 12]).read_unaligned() },
+        head: unsafe { (at(udp_offset + UDP_HLEN) as *const [u8; HEAD_LEN]).read_unaligned() },
         udp_offset,
     })
 }
@@ -133,10 +139,10 @@ pub(crate) fn parse_direct<const ETHERNET: bool>(ctx: &TcContext) -> Option<Pars
 pub(crate) fn load_transport(ctx: &TcContext, datagram: Datagram) -> Result<Parsed, Skip> {
     let udp: [u8; UDP_HLEN] = load(ctx, datagram.udp_offset)?;
     let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
-    let head = if udp_len >= UDP_HLEN + 12 {
-        load::<[u8; 12]>(ctx, datagram.udp_offset + UDP_HLEN).unwrap_or([0u8; 12])
+    let head = if udp_len >= UDP_HLEN + HEAD_LEN {
+        load::<[u8; HEAD_LEN]>(ctx, datagram.udp_offset + UDP_HLEN).unwrap_or([0u8; HEAD_LEN])
     } else {
-        [0u8; 12]
+        [0u8; HEAD_LEN]
     };
     Ok(Parsed {
         family: datagram.family,

@@ -1,5 +1,7 @@
 //! Following WireGuard session indices: a completed handshake, told from an attempt,
-//! and a roam, reported on the ring buffer the moment they happen.
+//! and a roam, reported on the ring buffer the moment they happen; a completed
+//! handshake carries its round trip, timed with the precise clock (read only on
+//! handshake messages and the one data message that confirms a response).
 
 use crate::account::*;
 use crate::maps::*;
@@ -8,7 +10,15 @@ use agent_common::{
     EVENT_HANDSHAKE_COMPLETE, ROLE_INITIATOR, ROLE_RESPONDER, SESSION_ESTABLISHED,
     SESSION_INITIATION_SENT, SESSION_RESPONSE_SENT,
 };
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+
+/// `CLOCK_MONOTONIC`, precise: the coarse clock's jiffy (4 ms at HZ=250) would swamp
+/// a LAN round trip.
+#[inline(always)]
+fn precise_now() -> u64 {
+    // SAFETY: a helper without arguments or preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
 
 /// How long after sending a response its confirming data is looked for: the
 /// initiator confirms within a round trip (keepalive at once if it has no data).
@@ -46,6 +56,7 @@ fn initiation_sent(endpoint: &EndpointKey, local_index: u32, now: u64) {
         state: SESSION_INITIATION_SENT,
         remote_index: 0,
         updated_ns: now,
+        sent_ns: precise_now(),
     };
     remember_session(endpoint.device, local_index, &state);
 }
@@ -61,6 +72,7 @@ fn response_sent(endpoint: &EndpointKey, local_index: u32, remote_index: u32, no
         state: SESSION_RESPONSE_SENT,
         remote_index,
         updated_ns: now,
+        sent_ns: precise_now(),
     };
     remember_session(endpoint.device, local_index, &state);
 }
@@ -91,6 +103,7 @@ fn response_received(endpoint: &EndpointKey, remote_index: u32, local_index: u32
             remote_index,
             endpoint,
             None,
+            round_trip(session.sent_ns),
         );
     }
 }
@@ -128,6 +141,7 @@ fn data_received(endpoint: &EndpointKey, local_index: u32, now: u64, fresh_endpo
             session.remote_index,
             endpoint,
             None,
+            round_trip(session.sent_ns),
         );
     } else if session.state == SESSION_ESTABLISHED && !same_endpoint(&session.endpoint, endpoint) {
         let previous = session.endpoint;
@@ -141,6 +155,7 @@ fn data_received(endpoint: &EndpointKey, local_index: u32, now: u64, fresh_endpo
             session.remote_index,
             endpoint,
             Some(&previous),
+            0,
         );
     }
 }
@@ -158,7 +173,17 @@ pub(crate) fn remember_session(device: u32, index: u32, state: &SessionState) {
     }
 }
 
+/// The round trip from a session's send time to now (0 when unknown).
 #[inline(always)]
+fn round_trip(sent_ns: u64) -> u64 {
+    if sent_ns == 0 {
+        return 0;
+    }
+    precise_now().saturating_sub(sent_ns)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn emit(
     kind: u32,
     role: u32,
@@ -167,6 +192,7 @@ pub(crate) fn emit(
     remote_index: u32,
     endpoint: &EndpointKey,
     previous: Option<&EndpointKey>,
+    rtt_ns: u64,
 ) {
     match EVENTS.reserve::<SessionEvent>(0) {
         Some(mut entry) => {
@@ -186,6 +212,7 @@ pub(crate) fn emit(
                         addr: [0; 16],
                     },
                 },
+                rtt_ns,
             });
             entry.submit(0);
         }

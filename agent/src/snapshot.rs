@@ -204,6 +204,69 @@ pub struct Snapshot {
     /// Kernel-mode readings of every kernel WireGuard peer in the agent's namespace
     /// (`None`: kernel-mode attribution is off).
     pub kernel_peers: Option<Vec<KernelPeerReading>>,
+    /// Sessions whose transport counters moved since the last drain.
+    pub paths: Vec<PathSample>,
+}
+
+/// Which way a session's data messages went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PathDirection {
+    /// Received from the peer (the counters are the peer's numbering).
+    Receive,
+    /// Sent to the peer (our WireGuard's numbering).
+    Transmit,
+}
+
+/// What one session's counters tell, as running figures (each only ever grows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathCounts {
+    /// Distinct data messages that reached the hook (duplicates not counted).
+    pub packets: u64,
+    /// Messages the sender numbered that never reached the hook (counter gaps), once
+    /// they can no longer be merely late.
+    pub lost: u64,
+    /// Messages that came below the highest counter seen (reordered).
+    pub late: u64,
+    /// Messages whose counter was seen before (within the 64-message window).
+    pub duplicates: u64,
+}
+
+impl PathCounts {
+    /// `self - earlier`, field by field (saturating).
+    pub fn since(&self, earlier: &PathCounts) -> PathCounts {
+        PathCounts {
+            packets: self.packets.saturating_sub(earlier.packets),
+            lost: self.lost.saturating_sub(earlier.lost),
+            late: self.late.saturating_sub(earlier.late),
+            duplicates: self.duplicates.saturating_sub(earlier.duplicates),
+        }
+    }
+
+    /// Adds another set of figures.
+    pub fn add(&mut self, other: &PathCounts) {
+        self.packets += other.packets;
+        self.lost += other.lost;
+        self.late += other.late;
+        self.duplicates += other.duplicates;
+    }
+
+    /// Whether anything moved.
+    pub fn is_empty(&self) -> bool {
+        *self == PathCounts::default()
+    }
+}
+
+/// One session's transport figures that moved in a drain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathSample {
+    /// The endpoint of the session's last message (the peer it belongs to).
+    pub endpoint: Endpoint,
+    /// Received or sent.
+    pub direction: PathDirection,
+    /// The session index (ours when received, the peer's when sent).
+    pub index: u32,
+    /// What moved since the last drain.
+    pub delta: PathCounts,
 }
 
 /// Role of the local device in a completed handshake.
@@ -231,6 +294,8 @@ pub enum SessionNotice {
         local_index: u32,
         /// The peer's session index.
         remote_index: u32,
+        /// The handshake's round trip, timed by the datapath (`None`: unknown).
+        rtt: Option<Duration>,
     },
     /// Data on an established session came from another endpoint (roaming).
     EndpointChanged {

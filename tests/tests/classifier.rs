@@ -10,7 +10,9 @@ use aya::programs::{TestRun, TestRunOptions};
 
 use wgpulse::datapath::{Datapath, LoadOptions};
 use wgpulse::drain::Drain;
-use wgpulse::snapshot::{EndpointStats, GlobalStats, Role, SessionNotice};
+use wgpulse::snapshot::{
+    EndpointStats, GlobalStats, PathCounts, PathDirection, Role, SessionNotice,
+};
 use wgpulse::testing::{self, FrameOptions};
 
 const TC_ACT_PIPE: u32 = 3;
@@ -321,12 +323,14 @@ fn a_full_map_counts_overflow_not_nothing() {
 fn handshakes_complete_only_when_the_session_is_confirmed() {
     let mut rig = Rig::new(16);
     // We initiate (index 0x1111), the peer answers (its index 0x2222): complete as initiator.
+    let before_initiation = std::time::Instant::now();
     rig.egress(local4(), remote4(), &testing::initiation(0x1111));
     assert!(
         rig.drain.read_notices().is_empty(),
         "an initiation alone is no handshake"
     );
     rig.ingress(remote4(), local4(), &testing::response(0x2222, 0x1111));
+    let initiator_bound = before_initiation.elapsed();
     let notices = rig.drain.read_notices();
     assert_eq!(notices.len(), 1, "{notices:?}");
     match &notices[0] {
@@ -335,8 +339,16 @@ fn handshakes_complete_only_when_the_session_is_confirmed() {
             local_index,
             remote_index,
             endpoint,
+            rtt,
             ..
         } => {
+            // The programs' own clock: more than zero, less than the test's own
+            // measure around both messages.
+            let rtt = rtt.expect("an initiator round trip");
+            assert!(
+                rtt > std::time::Duration::ZERO && rtt <= initiator_bound,
+                "{rtt:?}"
+            );
             assert_eq!(*role, Role::Initiator);
             assert_eq!((*local_index, *remote_index), (0x1111, 0x2222));
             assert_eq!(endpoint.addr, remote4());
@@ -349,23 +361,29 @@ fn handshakes_complete_only_when_the_session_is_confirmed() {
 
     // The peer initiates; we answer with index 0x3333; its first data completes it.
     rig.ingress(remote6(), local6(), &testing::initiation(0x4444));
+    let before_response = std::time::Instant::now();
     rig.egress(local6(), remote6(), &testing::response(0x3333, 0x4444));
     assert!(
         rig.drain.read_notices().is_empty(),
         "a response alone is no handshake"
     );
     rig.ingress(remote6(), local6(), &testing::data(0x3333, 0, 32));
+    let responder_bound = before_response.elapsed();
     rig.ingress(remote6(), local6(), &testing::data(0x3333, 1, 64));
     let notices = rig.drain.read_notices();
     assert_eq!(notices.len(), 1, "{notices:?}");
-    assert!(matches!(
-        notices[0],
+    match &notices[0] {
         SessionNotice::HandshakeComplete {
             role: Role::Responder,
             local_index: 0x3333,
+            rtt: Some(rtt),
             ..
-        }
-    ));
+        } => assert!(
+            *rtt > std::time::Duration::ZERO && *rtt <= responder_bound,
+            "{rtt:?}"
+        ),
+        other => panic!("expected a responder handshake with its round trip, got {other:?}"),
+    }
 
     // The same session's data from a new address: roaming.
     let roamed: SocketAddr = "[2001:db8::99]:41000".parse().unwrap();
@@ -403,4 +421,140 @@ fn garbage_of_right_looking_sizes_never_completes_a_handshake() {
     assert_eq!(stats.rx.packets + stats.rx.invalid_packets, sent);
     // Random first bytes are almost never a valid type with zero reserved bytes.
     assert!(stats.rx.invalid_packets >= sent - 2, "{stats:?}");
+}
+
+/// Sums a drain's path deltas per (direction, index).
+fn paths(rig: &mut Rig) -> HashMap<(PathDirection, u32), PathCounts> {
+    let mut out: HashMap<(PathDirection, u32), PathCounts> = HashMap::new();
+    for sample in rig.drain.drain().unwrap().paths {
+        out.entry((sample.direction, sample.index))
+            .or_default()
+            .add(&sample.delta);
+    }
+    out
+}
+
+fn receive(rig: &mut Rig, index: u32, counters: impl IntoIterator<Item = u64>) {
+    for counter in counters {
+        rig.ingress(remote4(), local4(), &testing::data(index, counter, 64));
+    }
+}
+
+fn counts(packets: u64, lost: u64, late: u64, duplicates: u64) -> PathCounts {
+    PathCounts {
+        packets,
+        lost,
+        late,
+        duplicates,
+    }
+}
+
+#[test]
+fn counters_in_order_lose_nothing() {
+    let mut rig = Rig::new(16);
+    receive(&mut rig, 7, 0..10);
+    assert_eq!(
+        paths(&mut rig),
+        HashMap::from([((PathDirection::Receive, 7), counts(10, 0, 0, 0))])
+    );
+    assert!(paths(&mut rig).is_empty(), "nothing moved since");
+}
+
+#[test]
+fn a_gap_that_left_the_window_is_lost() {
+    let mut rig = Rig::new(16);
+    // Counter 2 never comes; 68 later ones push it out of the 64-wide window.
+    receive(&mut rig, 7, (0..2).chain(3..71));
+    assert_eq!(
+        paths(&mut rig)[&(PathDirection::Receive, 7)],
+        counts(70, 1, 0, 0)
+    );
+}
+
+#[test]
+fn late_messages_fill_their_gap_and_duplicates_are_told_apart() {
+    let mut rig = Rig::new(16);
+    receive(&mut rig, 7, [0, 1, 3, 2, 4, 4, 1]);
+    assert_eq!(
+        paths(&mut rig)[&(PathDirection::Receive, 7)],
+        counts(5, 0, 1, 2)
+    );
+}
+
+#[test]
+fn at_the_window_edge_late_stays_late_and_a_counted_loss_stays_counted() {
+    let mut rig = Rig::new(16);
+    // 0..=100 without 36 and 37: 36 is 64 behind the highest (out of the window,
+    // lost), 37 is 63 behind (still in it, maybe late).
+    receive(&mut rig, 9, (0..36).chain(38..101));
+    assert_eq!(
+        paths(&mut rig)[&(PathDirection::Receive, 9)],
+        counts(99, 1, 0, 0)
+    );
+    // Both arrive after all: each is late; 37 fills its bit; 36 was already counted
+    // lost, and a running figure is never lowered.
+    receive(&mut rig, 9, [37, 36]);
+    assert_eq!(
+        paths(&mut rig)[&(PathDirection::Receive, 9)],
+        counts(2, 0, 2, 0)
+    );
+}
+
+#[test]
+fn a_new_index_is_a_new_session_without_a_false_gap() {
+    let mut rig = Rig::new(16);
+    receive(&mut rig, 7, 0..80);
+    receive(&mut rig, 8, 0..5);
+    let paths = paths(&mut rig);
+    assert_eq!(paths[&(PathDirection::Receive, 7)], counts(80, 0, 0, 0));
+    assert_eq!(paths[&(PathDirection::Receive, 8)], counts(5, 0, 0, 0));
+}
+
+#[test]
+fn a_session_seen_mid_way_expects_nothing_before_its_first_counter() {
+    let mut rig = Rig::new(16);
+    receive(&mut rig, 7, [1000, 1001, 999, 1002]);
+    assert_eq!(
+        paths(&mut rig)[&(PathDirection::Receive, 7)],
+        counts(3, 0, 0, 0)
+    );
+}
+
+#[test]
+fn a_forged_jump_moves_nothing() {
+    let mut rig = Rig::new(16);
+    receive(&mut rig, 7, 0..5);
+    receive(&mut rig, 7, [1u64 << 40]);
+    receive(&mut rig, 7, 5..70);
+    assert_eq!(
+        paths(&mut rig)[&(PathDirection::Receive, 7)],
+        counts(70, 0, 0, 0)
+    );
+}
+
+#[test]
+fn sent_gaps_are_unsent_messages() {
+    let mut rig = Rig::new(16);
+    for counter in (0..10).chain(11..80) {
+        rig.egress(local4(), remote4(), &testing::data(0x55, counter, 96));
+    }
+    assert_eq!(
+        paths(&mut rig),
+        HashMap::from([((PathDirection::Transmit, 0x55), counts(79, 1, 0, 0))])
+    );
+}
+
+#[test]
+fn truncated_or_invalid_data_messages_track_no_session() {
+    let mut rig = Rig::new(16);
+    // Type 4 with fewer than 32 bytes: no data message, so no counter is read.
+    let mut short = testing::data(7, 5, 32);
+    short.truncate(20);
+    rig.ingress(remote4(), local4(), &short);
+    // Reserved bytes not zero: invalid.
+    let mut reserved = testing::data(7, 6, 64);
+    reserved[2] = 1;
+    rig.ingress(remote4(), local4(), &reserved);
+    assert!(paths(&mut rig).is_empty());
+    assert_eq!(rig.endpoints()[&remote4()].rx.invalid_packets, 2);
 }

@@ -145,6 +145,12 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(agent_common::MAP_ENDPOINTS, options.max_peers)
             .map_max_entries(agent_common::MAP_WG_PEERS, wg_peers_capacity)
+            // Two directions and up to two live keypairs (current and previous) per
+            // peer; LRU, so a flood of forged indices evicts the oldest sessions.
+            .map_max_entries(
+                agent_common::MAP_PATHS,
+                options.max_peers.saturating_mul(4).max(64),
+            )
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if crate::privileges::is_denied(&e) {

@@ -42,63 +42,86 @@ impl Drain {
 
     fn read_endpoints_batched(&mut self) -> std::io::Result<Vec<(EndpointKey, EndpointStats)>> {
         let fd = self.endpoints.map().fd().as_fd().as_raw_fd();
+        let cpus = self.cpus;
         let value_stride = std::mem::size_of::<EndpointStats>().next_multiple_of(8);
-        let keys = &mut self.batch_keys;
-        keys.resize(BATCH_ENTRIES as usize, EndpointKey::default());
-        let values = &mut self.batch_values;
-        values.resize(BATCH_ENTRIES as usize * self.cpus * value_stride, 0);
         let mut out = Vec::with_capacity(self.last_raw.len());
-        let mut in_batch = 0u64;
-        let mut out_batch = 0u64;
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    &in_batch as *const u64 as u64
-                },
-                out_batch: &mut out_batch as *mut u64 as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: BATCH_ENTRIES,
-                map_fd: fd as u32,
-                elem_flags: 0,
-                flags: 0,
-            };
-            // SAFETY: `attr` points at buffers sized for `count` keys and per-CPU values,
-            // which outlive the call; the kernel writes at most `count` entries.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &mut attr as *mut BatchAttr,
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
-            let err = (rc < 0).then(std::io::Error::last_os_error);
-            let done = matches!(&err, Some(e) if e.raw_os_error() == Some(libc::ENOENT));
-            if let Some(err) = err.filter(|_| !done) {
-                return Err(err);
-            }
-            for (i, key) in keys.iter().take(attr.count as usize).enumerate() {
+        lookup_batch(
+            fd,
+            cpus * value_stride,
+            &mut self.batch_keys,
+            &mut self.batch_values,
+            |key, values| {
                 let mut total = EndpointStats::default();
-                for cpu in 0..self.cpus {
-                    let at = (i * self.cpus + cpu) * value_stride;
+                for cpu in 0..cpus {
                     // SAFETY: the kernel wrote a value of this Pod type at this offset.
                     let value: EndpointStats = unsafe {
-                        std::ptr::read_unaligned(values[at..].as_ptr() as *const EndpointStats)
+                        std::ptr::read_unaligned(
+                            values[cpu * value_stride..].as_ptr() as *const EndpointStats
+                        )
                     };
                     merge_stats(&mut total, &value);
                 }
                 out.push((*key, total));
-            }
-            if done {
-                return Ok(out);
-            }
-            in_batch = out_batch;
-            first = false;
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+/// Reads a whole hash map with `BPF_MAP_LOOKUP_BATCH`, [`BATCH_ENTRIES`] entries per
+/// call, into buffers the caller keeps across drains; `each` gets every key and its
+/// raw value (`value_size` bytes: all CPUs' values, 8-byte aligned each, for a per-CPU
+/// map). An `EINVAL` error means the kernel has no batch operations for the map.
+pub(super) fn lookup_batch<K: aya::Pod + Default>(
+    fd: std::os::fd::RawFd,
+    value_size: usize,
+    keys: &mut Vec<K>,
+    values: &mut Vec<u8>,
+    mut each: impl FnMut(&K, &[u8]),
+) -> std::io::Result<()> {
+    keys.resize(BATCH_ENTRIES as usize, K::default());
+    values.resize(BATCH_ENTRIES as usize * value_size, 0);
+    let mut in_batch = 0u64;
+    let mut out_batch = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &in_batch as *const u64 as u64
+            },
+            out_batch: &mut out_batch as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH_ENTRIES,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` points at buffers sized for `count` keys and values, which
+        // outlive the call; the kernel writes at most `count` entries.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let done = matches!(&err, Some(e) if e.raw_os_error() == Some(libc::ENOENT));
+        if let Some(err) = err.filter(|_| !done) {
+            return Err(err);
         }
+        for (i, key) in keys.iter().take(attr.count as usize).enumerate() {
+            each(key, &values[i * value_size..(i + 1) * value_size]);
+        }
+        if done {
+            return Ok(());
+        }
+        in_batch = out_batch;
+        first = false;
     }
 }
 

@@ -9,6 +9,7 @@
 mod batch;
 mod endpoints;
 pub mod kernel_peers;
+mod paths;
 mod ring;
 mod run;
 
@@ -16,7 +17,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_common::{
-    EndpointKey, EndpointStats, GlobalStats, MAP_ENDPOINTS, MAP_EVENTS, MAP_GLOBALS, MAP_WG_PEERS,
+    EndpointKey, EndpointStats, GlobalStats, MAP_ENDPOINTS, MAP_EVENTS, MAP_GLOBALS, MAP_PATHS,
+    MAP_WG_PEERS,
 };
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 
@@ -75,6 +77,8 @@ pub struct Drain {
     endpoints: PerCpuHashMap<MapData, EndpointKey, EndpointStats>,
     globals: PerCpuArray<MapData, GlobalStats>,
     ring: RingBuf<MapData>,
+    /// Per-session transport counters.
+    paths: paths::Paths,
     /// The kernel-mode peer readings, when kernel-mode attribution is on.
     kernel: Option<KernelPeers>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -107,6 +111,8 @@ impl Drain {
             .map_err(|e| open(MAP_GLOBALS, e))?;
         let ring =
             RingBuf::try_from(datapath.take_map(MAP_EVENTS)?).map_err(|e| open(MAP_EVENTS, e))?;
+        let paths =
+            paths::Paths::new(datapath.take_map(MAP_PATHS)?).map_err(|e| open(MAP_PATHS, e))?;
         let kernel = match datapath.kernel_mode() {
             Ok(_) => Some(
                 KernelPeers::new(datapath.take_map(MAP_WG_PEERS)?)
@@ -120,6 +126,7 @@ impl Drain {
             endpoints,
             globals,
             ring,
+            paths,
             kernel,
             logger: datapath.take_logger(),
             capacity,
@@ -153,6 +160,7 @@ impl Drain {
         let mut samples = self.samples(&raw, seen, &clock);
         samples.extend(self.departed(seen, &clock));
         self.evict_idle(&raw, &clock);
+        let paths = self.paths.read(clock.boot_ns())?;
         self.sequence += 1;
         Ok(Snapshot {
             sequence: self.sequence,
@@ -163,6 +171,7 @@ impl Drain {
             map_capacity: self.capacity,
             globals: self.read_globals()?,
             kernel_peers,
+            paths,
         })
     }
 

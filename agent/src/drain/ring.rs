@@ -57,6 +57,7 @@ pub(super) fn decode_notice(record: &SessionEvent, clock: &BootClock) -> Option<
             at,
             local_index: record.local_index,
             remote_index: record.remote_index,
+            rtt: (record.rtt_ns > 0).then(|| std::time::Duration::from_nanos(record.rtt_ns)),
         }),
         EVENT_ENDPOINT_CHANGED => Some(SessionNotice::EndpointChanged {
             previous: Endpoint::from_key(&record.previous)?,
@@ -88,13 +89,18 @@ mod tests {
             }
             .to_key(),
             previous: EndpointKey::default(),
+            rtt_ns: 1_500_000,
         };
         match decode_notice(&record, &clock) {
             Some(SessionNotice::HandshakeComplete {
-                role, local_index, ..
+                role,
+                local_index,
+                rtt,
+                ..
             }) => {
                 assert_eq!(role, Role::Responder);
                 assert_eq!(local_index, 7);
+                assert_eq!(rtt, Some(std::time::Duration::from_micros(1500)));
             }
             other => panic!("unexpected {other:?}"),
         }

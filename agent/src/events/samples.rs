@@ -47,6 +47,7 @@ pub fn samples(node: &str) -> Vec<Event> {
         at: t(3),
         local_index: 1,
         remote_index: 2,
+        rtt: Some(Duration::from_micros(1830)),
     };
     changes.extend(table.apply_notice("wg0", &notice, t(3)).changes);
     let mut delta = EndpointStats::default();
