@@ -186,6 +186,7 @@ mod tests {
             at: t0,
             local_index: 1,
             remote_index: 2,
+            rtt: None,
         };
         let changes = table.apply_notice("wg0", &notice, t0).changes;
         let event = from_change(&changes[0], "node-a");

@@ -52,6 +52,7 @@ fn completed(endpoint: &str, at: SystemTime) -> SessionNotice {
         at,
         local_index: 1,
         remote_index: 2,
+        rtt: None,
     }
 }
 
