@@ -116,6 +116,8 @@ pub fn from_change(change: &Change, node: &str) -> Event {
             endpoint,
             at,
             since_previous,
+            rtt,
+            path_since_previous,
         } => Event::new(
             node,
             ENTITY_PEER_METRIC,
@@ -124,10 +126,14 @@ pub fn from_change(change: &Change, node: &str) -> Event {
             payload::handshake(
                 peer,
                 *device_public_key,
-                *role,
-                *endpoint,
-                *at,
-                since_previous,
+                &payload::HandshakeFacts {
+                    role: *role,
+                    endpoint: *endpoint,
+                    at: *at,
+                    since: since_previous,
+                    rtt: *rtt,
+                    path_since: path_since_previous,
+                },
             ),
         ),
         Change::Connected {

@@ -106,17 +106,41 @@ pub fn peer_change(
     value
 }
 
+/// What a completed handshake brings besides the peer: how, where, when, and what
+/// moved since the previous one.
+#[derive(Clone, Copy, Debug)]
+pub struct HandshakeFacts<'a> {
+    /// Our role.
+    pub role: Role,
+    /// The endpoint it completed from.
+    pub endpoint: SocketAddr,
+    /// When it completed.
+    pub at: SystemTime,
+    /// Wire counters since the previous completed handshake.
+    pub since: &'a WireCounters,
+    /// Its round trip, timed by the datapath.
+    pub rtt: Option<std::time::Duration>,
+    /// Path figures since the previous completed handshake.
+    pub path_since: &'a crate::peers::path::PathTotals,
+}
+
 /// A `peer_metric.handshake` payload (the handshake feed, like Pro Custodibus's
 /// endpoint stats): where and how it completed, the wire counters since the previous
 /// handshake and in total, and the attempts it took.
 pub fn handshake(
     state: &PeerState,
     device_public_key: Option<PublicKey>,
-    role: Role,
-    endpoint: SocketAddr,
-    at: SystemTime,
-    since: &WireCounters,
+    completed: &HandshakeFacts<'_>,
 ) -> Value {
+    let HandshakeFacts {
+        role,
+        endpoint,
+        at,
+        since,
+        rtt,
+        path_since,
+    } = *completed;
+    let path_total = state.path.totals();
     let attempts = match role {
         Role::Initiator => since.handshakes.tx_initiations,
         Role::Responder => since.handshakes.rx_initiations,
@@ -137,6 +161,14 @@ pub fn handshake(
             "RxPacketsTotal": state.wire.rx_packets,
             "TxPacketsTotal": state.wire.tx_packets,
             "SocketDropsTotal": state.wire.socket_drops,
+            "RoundTripSeconds": rtt.map(|rtt| rtt.as_secs_f64()),
+            "RxLostDelta": path_since.receive.lost,
+            "RxReorderedDelta": path_since.receive.late,
+            "RxDuplicatesDelta": path_since.receive.duplicates,
+            "TxUnsentDelta": path_since.transmit.lost,
+            "RxLostTotal": path_total.receive.lost,
+            "RxReorderedTotal": path_total.receive.late,
+            "TxUnsentTotal": path_total.transmit.lost,
         },
         "Peer": peer(state, device_public_key, &[]),
     })

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use super::traffic::add_traffic;
+use super::traffic::{add_path, add_traffic};
 use super::*;
 
 impl PeerTable {
@@ -44,6 +44,7 @@ impl PeerTable {
                     };
                     if let Some(peer) = self.peers.get_mut(&key) {
                         add_traffic(peer, &pending.counters, pending.last_rx, pending.last_tx);
+                        add_path(peer, &pending.path);
                     }
                 }
                 None => self.add_unknown(&id, &pending.counters, now),
@@ -76,6 +77,7 @@ impl PeerTable {
                     created_at: now,
                     updated_at: now,
                     unknown: UnknownTraffic::default(),
+                    rtt: Default::default(),
                 };
                 if !quiet {
                     changes.push(Change::Interface {
@@ -266,6 +268,7 @@ pub(super) fn new_peer(key: PeerKey, peer: &Peer, now: SystemTime) -> PeerState 
         at_last_handshake: WireCounters::default(),
         name: None,
         kernel: None,
+        path: Default::default(),
     }
 }
 

@@ -32,6 +32,7 @@
 
 mod devices;
 pub mod names;
+pub mod path;
 pub mod persist;
 mod rule;
 pub mod save_schedule;
@@ -118,6 +119,10 @@ pub enum Change {
         at: SystemTime,
         /// Wire counters since the previous completed handshake.
         since_previous: WireCounters,
+        /// The handshake's round trip, timed by the datapath.
+        rtt: Option<Duration>,
+        /// Path figures since the previous completed handshake.
+        path_since_previous: path::PathTotals,
     },
     /// A peer became connected.
     Connected {
@@ -194,6 +199,7 @@ type EndpointId = (String, SocketAddr);
 #[derive(Clone, Debug, Default)]
 struct Pending {
     counters: WireCounters,
+    path: path::PathTotals,
     last_rx: Option<SystemTime>,
     last_tx: Option<SystemTime>,
 }
@@ -214,7 +220,7 @@ pub struct PeerTable {
     pending: HashMap<EndpointId, Pending>,
     pending_notices: Vec<(String, SessionNotice)>,
     /// Completed handshakes to report at the next drain.
-    handshakes_due: Vec<(PeerKey, Role, SocketAddr, SystemTime)>,
+    handshakes_due: Vec<(PeerKey, Role, SocketAddr, SystemTime, Option<Duration>)>,
     /// Names from `peers_file`.
     names: names::Names,
 }

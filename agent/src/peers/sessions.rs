@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use super::rule::evaluate;
-use super::traffic::add_traffic;
+use super::traffic::{add_path, add_traffic};
 use super::*;
 
 impl PeerTable {
@@ -28,7 +28,11 @@ impl PeerTable {
         let mut outcome = NoticeOutcome::default();
         match notice {
             SessionNotice::HandshakeComplete {
-                endpoint, role, at, ..
+                endpoint,
+                role,
+                at,
+                rtt,
+                ..
             } => {
                 let id = (device.to_owned(), endpoint.addr);
                 let owner = self
@@ -49,15 +53,19 @@ impl PeerTable {
                     public_key,
                 };
                 let device_public_key = self.devices.get(device).and_then(|d| d.public_key);
-                let Some(peer) = self.peers.get_mut(&key) else {
+                if !self.peers.contains_key(&key) {
                     return outcome;
-                };
+                }
+                if let Some(rtt) = rtt {
+                    self.record_rtt(&key, *at, *rtt);
+                }
+                let peer = self.peers.get_mut(&key).expect("peer checked above");
                 match role {
                     Role::Initiator => peer.handshakes_initiated += 1,
                     Role::Responder => peer.handshakes_responded += 1,
                 }
                 self.handshakes_due
-                    .push((key.clone(), *role, endpoint.addr, *at));
+                    .push((key.clone(), *role, endpoint.addr, *at, *rtt));
                 peer.last_handshake = peer.last_handshake.max(Some(*at));
                 if peer.endpoint != Some(endpoint.addr) {
                     // A handshake from the endpoint it had before a roam: it roamed back.
@@ -131,6 +139,7 @@ impl PeerTable {
         self.owners.insert(id.clone(), key.public_key);
         if let Some(pending) = self.pending.remove(&id) {
             add_traffic(peer, &pending.counters, pending.last_rx, pending.last_tx);
+            add_path(peer, &pending.path);
         }
         changes.push(Change::Peer {
             kind: ChangeKind::Update,

@@ -40,6 +40,9 @@ pub struct DeviceState {
     pub updated_at: SystemTime,
     /// Traffic on the device's port from endpoints that belong to no peer.
     pub unknown: UnknownTraffic,
+    /// Handshake round trips of all the device's peers.
+    #[serde(default)]
+    pub rtt: super::path::RttHistogram,
 }
 
 /// Traffic on a device's port that no peer owns: stray senders, scanners, peers that
@@ -356,6 +359,9 @@ pub struct PeerState {
     /// The kernel-mode view (kernel WireGuard only; starts over with every run).
     #[serde(skip)]
     pub kernel: Option<KernelView>,
+    /// Path health: transport-counter figures and handshake round trips.
+    #[serde(default)]
+    pub path: super::path::PathHealth,
 }
 
 /// How many endpoint addresses are remembered per peer.

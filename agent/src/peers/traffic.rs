@@ -39,13 +39,16 @@ impl PeerTable {
             .retain(|_, (_, roamed_at)| *roamed_at > taken_at);
 
         let mut changes = Vec::new();
-        for (key, role, endpoint, at) in std::mem::take(&mut self.handshakes_due) {
+        for (key, role, endpoint, at, rtt) in std::mem::take(&mut self.handshakes_due) {
             let device_public_key = self.devices.get(&key.device).and_then(|d| d.public_key);
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
             let since_previous = peer.wire.since(&peer.at_last_handshake);
             peer.at_last_handshake = peer.wire;
+            let path_now = peer.path.totals();
+            let path_since_previous = path_now.since(&peer.path.at_last_handshake);
+            peer.path.at_last_handshake = path_now;
             changes.push(Change::Handshake {
                 peer: peer.clone(),
                 device_public_key,
@@ -53,6 +56,8 @@ impl PeerTable {
                 endpoint,
                 at,
                 since_previous,
+                rtt,
+                path_since_previous,
             });
         }
         changes
@@ -113,6 +118,12 @@ impl PeerTable {
             }
         }
     }
+}
+
+/// Adds path figures that waited for the peer's endpoint to be known.
+pub(super) fn add_path(peer: &mut PeerState, path: &super::path::PathTotals) {
+    peer.path.receive.add(&path.receive);
+    peer.path.transmit.add(&path.transmit);
 }
 
 pub(super) fn add_traffic(

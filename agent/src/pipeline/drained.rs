@@ -32,6 +32,14 @@ impl Pipeline {
             })
             .collect();
         let taken_at = snapshot.taken_at.unwrap_or_else(SystemTime::now);
+        // Path figures first: the handshake feed below reports them since the
+        // previous handshake.
+        let paths: Vec<(String, crate::snapshot::PathSample)> = snapshot
+            .paths
+            .iter()
+            .filter_map(|s| Some((self.ids.name(s.endpoint.device)?.to_owned(), s.clone())))
+            .collect();
+        self.table_mut().apply_paths(&paths);
         let feed = self.table_mut().apply_samples(&samples, taken_at);
         if let Some(readings) = &snapshot.kernel_peers {
             self.table_mut().apply_kernel(readings);
