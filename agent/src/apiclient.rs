@@ -168,6 +168,24 @@ fn age(seconds: Option<f64>) -> String {
     }
 }
 
+/// The last handshake round trip, in ms.
+fn rtt_cell(peer: &PeerView) -> String {
+    match &peer.path.rtt {
+        Some(rtt) if rtt.seconds < 1.0 => format!("{:.1}ms", rtt.seconds * 1000.0),
+        Some(rtt) => format!("{:.2}s", rtt.seconds),
+        None => "-".into(),
+    }
+}
+
+/// Received messages lost, as a share, with the count.
+fn loss_cell(peer: &PeerView) -> String {
+    let receive = &peer.path.receive;
+    match receive.loss_ratio {
+        Some(ratio) => format!("{:.2}% ({})", ratio * 100.0, receive.lost),
+        None => "-".into(),
+    }
+}
+
 /// The `wgpulse peers` table.
 pub fn peers_table(peers: &[PeerView]) -> String {
     let mut rows = vec![[
@@ -179,6 +197,8 @@ pub fn peers_table(peers: &[PeerView]) -> String {
         "RX".to_owned(),
         "TX".to_owned(),
         "DROPS".to_owned(),
+        "RTT".to_owned(),
+        "LOSS".to_owned(),
     ]];
     for peer in peers {
         let who = match &peer.name {
@@ -194,9 +214,11 @@ pub fn peers_table(peers: &[PeerView]) -> String {
             bytes(peer.wireguard.rx_bytes),
             bytes(peer.wireguard.tx_bytes),
             peer.wire.socket_drops.to_string(),
+            rtt_cell(peer),
+            loss_cell(peer),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..10)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

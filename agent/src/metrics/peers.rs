@@ -73,6 +73,64 @@ fn encode_kernel_mode(peers: &[&crate::peers::PeerState], labels: &[String], out
     }
 }
 
+/// The round-trip gauges, for the peers with a sample.
+fn encode_rtt(peers: &[&crate::peers::PeerState], labels: &[String], out: &mut String) {
+    let now = std::time::SystemTime::now();
+    type Sample = fn(&crate::peers::PeerState, std::time::SystemTime) -> Option<f64>;
+    let families: [(&str, &str, Sample); 2] = [
+        (
+            "wgpulse_peer_handshake_rtt_seconds",
+            "Round trip of the peer's last handshake, timed by the datapath (initiation out to response in, or response out to the first data in).",
+            |p, _| p.path.last_rtt().map(|s| s.seconds()),
+        ),
+        (
+            "wgpulse_peer_handshake_rtt_min_seconds",
+            "Smallest handshake round trip of the last hour.",
+            |p, now| p.path.min_rtt(now).map(|s| s.seconds()),
+        ),
+    ];
+    for (name, help, value) in families {
+        header(out, name, help, "gauge");
+        for (peer, labels) in peers.iter().zip(labels) {
+            if let Some(seconds) = value(peer, now) {
+                let _ = writeln!(out, "{name}{{{labels}}} {seconds}");
+            }
+        }
+    }
+}
+
+/// The per-device histogram of handshake round trips.
+fn encode_rtt_histograms(devices: &[&crate::peers::DeviceState], out: &mut String) {
+    let name = "wgpulse_device_handshake_rtt_seconds";
+    header(
+        out,
+        name,
+        "Handshake round trips of the device's peers, timed by the datapath.",
+        "histogram",
+    );
+    for device in devices {
+        let device_label = escape(&device.name);
+        let h = &device.rtt;
+        for (bound, count) in h.cumulative() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{device=\"{device_label}\",le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{device=\"{device_label}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{device=\"{device_label}\"}} {}",
+            h.sum_nanos as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count{{device=\"{device_label}\"}} {}", h.count);
+    }
+}
+
 /// Writes every per-peer and per-device family from the live table in the text
 /// exposition format.
 pub fn encode_peers(shared: &Shared, out: &mut String) {
@@ -91,7 +149,7 @@ pub fn encode_peers(shared: &Shared, out: &mut String) {
         .collect();
     out.reserve(peers.len() * 1600);
     type Value = fn(&PeerState) -> u64;
-    let counters: [(&str, &str, Value); 9] = [
+    let counters: [(&str, &str, Value); 15] = [
         (
             "wireguard_peer_receive_bytes_total",
             "Bytes WireGuard accepted from the peer (its own counter, as wg show reports it).",
@@ -137,6 +195,36 @@ pub fn encode_peers(shared: &Shared, out: &mut String) {
             "Datagrams from the peer's endpoint that were not WireGuard messages.",
             |p| p.wire.rx_invalid_packets,
         ),
+        (
+            "wgpulse_peer_receive_data_packets_total",
+            "Distinct data messages (keepalives included) received from the peer, by their counters (wire view).",
+            |p| p.path.receive.packets,
+        ),
+        (
+            "wgpulse_peer_receive_lost_packets_total",
+            "Data messages the peer numbered that never reached us (gaps in its counters).",
+            |p| p.path.receive.lost,
+        ),
+        (
+            "wgpulse_peer_receive_reordered_packets_total",
+            "Data messages from the peer that arrived below the highest counter seen (late).",
+            |p| p.path.receive.late,
+        ),
+        (
+            "wgpulse_peer_receive_duplicate_packets_total",
+            "Data messages from the peer whose counter was already seen (within a 64-message window).",
+            |p| p.path.receive.duplicates,
+        ),
+        (
+            "wgpulse_peer_transmit_data_packets_total",
+            "Distinct data messages sent to the peer, by their counters (wire view).",
+            |p| p.path.transmit.packets,
+        ),
+        (
+            "wgpulse_peer_transmit_unsent_packets_total",
+            "Data messages our WireGuard numbered for the peer that never reached the wire (local drops).",
+            |p| p.path.transmit.lost,
+        ),
     ];
     for (name, help, value) in counters {
         header(out, name, help, "counter");
@@ -177,6 +265,7 @@ pub fn encode_peers(shared: &Shared, out: &mut String) {
             unix(peer.last_handshake).floor() as u64
         );
     }
+    encode_rtt(&peers, &labels, out);
     let name = "wireguard_peer_connected";
     header(
         out,
@@ -219,6 +308,7 @@ pub fn encode_peers(shared: &Shared, out: &mut String) {
             device.listen_port
         );
     }
+    encode_rtt_histograms(&devices, out);
     type Unknown = fn(&crate::peers::UnknownTraffic) -> u64;
     let unknown: [(&str, &str, Unknown); 4] = [
         (

@@ -67,6 +67,82 @@ pub struct WireView {
     pub tx_initiations: u64,
 }
 
+/// A handshake round trip.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RttView {
+    /// When the handshake completed.
+    pub at: Option<String>,
+    /// The round trip in seconds.
+    pub seconds: f64,
+}
+
+/// What a peer's counters tell in one direction.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PathDirectionView {
+    /// Distinct data messages that reached the wire hook.
+    pub packets: u64,
+    /// Numbered by the sender but never seen (received: lost on the way or dropped by
+    /// the peer; sent: dropped on this host before the wire).
+    pub lost: u64,
+    /// Arrived below the highest counter (reordered).
+    pub reordered: u64,
+    /// Counter already seen (within the 64-message window).
+    pub duplicates: u64,
+    /// `lost / (packets + lost)`, `null` before any data message.
+    pub loss_ratio: Option<f64>,
+}
+
+impl PathDirectionView {
+    fn new(counts: &crate::snapshot::PathCounts) -> Self {
+        Self {
+            packets: counts.packets,
+            lost: counts.lost,
+            reordered: counts.late,
+            duplicates: counts.duplicates,
+            loss_ratio: crate::peers::path::loss_ratio(counts),
+        }
+    }
+}
+
+/// How many recent round trips the API lists per peer.
+pub const RTT_SAMPLES_SHOWN: usize = 8;
+
+/// Path health: round trips and the transport counters' figures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PathView {
+    /// The last handshake round trip.
+    pub rtt: Option<RttView>,
+    /// The smallest round trip of the last hour, seconds.
+    pub rtt_min_seconds: Option<f64>,
+    /// The most recent round trips, newest last.
+    pub rtt_samples: Vec<RttView>,
+    /// Data messages from the peer.
+    pub receive: PathDirectionView,
+    /// Data messages to the peer (`lost`: unsent).
+    pub transmit: PathDirectionView,
+}
+
+impl PathView {
+    fn new(path: &crate::peers::path::PathHealth, now: SystemTime) -> Self {
+        let view = |s: crate::peers::path::RttSample| RttView {
+            at: rfc3339(Some(s.at)),
+            seconds: s.seconds(),
+        };
+        let shown = path.rtt_samples.len().saturating_sub(RTT_SAMPLES_SHOWN);
+        Self {
+            rtt: path.last_rtt().map(view),
+            rtt_min_seconds: path.min_rtt(now).map(|s| s.seconds()),
+            rtt_samples: path.rtt_samples[shown..]
+                .iter()
+                .copied()
+                .map(view)
+                .collect(),
+            receive: PathDirectionView::new(&path.receive),
+            transmit: PathDirectionView::new(&path.transmit),
+        }
+    }
+}
+
 /// One peer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PeerView {
@@ -101,6 +177,9 @@ pub struct PeerView {
     /// The kernel-mode view (absent without kernel-mode attribution).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelModeView>,
+    /// Path health.
+    #[serde(default)]
+    pub path: PathView,
 }
 
 impl PeerView {
@@ -146,6 +225,7 @@ impl PeerView {
                 rejected_rx_bytes: k.rejected_rx_bytes,
                 unaccounted_tx_bytes: k.unaccounted_tx_bytes,
             }),
+            path: PathView::new(&peer.path, now),
         }
     }
 }
