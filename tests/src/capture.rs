@@ -67,6 +67,21 @@ pub struct Datagram {
     pub payload: u64,
     /// First payload byte (the WireGuard message type), `None` for an empty payload.
     pub first_byte: Option<u8>,
+    /// The first 16 payload bytes (fewer if the payload is shorter): a data
+    /// message's type, receiver index (4..8) and counter (8..16).
+    pub head: Vec<u8>,
+}
+
+impl Datagram {
+    /// A transport data message's receiver index and counter, as tshark captured them.
+    pub fn data_counter(&self) -> Option<(u32, u64)> {
+        if self.first_byte != Some(4) || self.head.len() < 16 {
+            return None;
+        }
+        let index = u32::from_le_bytes(self.head[4..8].try_into().expect("4 bytes"));
+        let counter = u64::from_le_bytes(self.head[8..16].try_into().expect("8 bytes"));
+        Some((index, counter))
+    }
 }
 
 /// All datagrams a capture saw, in capture order.
@@ -420,6 +435,12 @@ fn parse_line(line: &str) -> (Datagram, &str) {
         first_byte: payload_hex.get(..2).map(|hex| {
             u8::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("bad payload in {line:?}"))
         }),
+        head: (0..16)
+            .map_while(|i| payload_hex.get(i * 2..i * 2 + 2))
+            .map(|hex| {
+                u8::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("bad payload in {line:?}"))
+            })
+            .collect(),
     };
     (datagram, payload_hex)
 }

@@ -24,6 +24,7 @@ pub mod nats;
 pub mod netns;
 pub mod process;
 pub mod receiver;
+pub mod relay;
 pub mod tmpfs;
 pub mod traffic;
 pub mod wgshow;
