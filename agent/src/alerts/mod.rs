@@ -1,6 +1,6 @@
 //! Alerts only the wire can raise: handshakes nobody answers, floods of invalid
-//! datagrams, cookie storms, socket drops, and peers appearing from addresses they
-//! never used. Pure logic over drained samples (the caller passes the time); every
+//! datagrams, cookie storms, socket drops, peers appearing from addresses they
+//! never used, and unhealthy paths (loss from counter gaps, slow handshakes). Pure logic over drained samples (the caller passes the time); every
 //! alert has a stable type, a severity and its evidence, and is suppressed for
 //! `suppress_for` per type and subject after it fires.
 
@@ -46,6 +46,15 @@ pub struct AlertsConfig {
     /// Raise `endpoint_new_address` when a peer's endpoint moves to an address it
     /// never used before (default true).
     pub endpoint_new_address: bool,
+    /// Share of a peer's data messages lost on the way to us over `window` that
+    /// raises `path_loss` (default 0.02).
+    pub path_loss_ratio: f64,
+    /// Messages the peer must have numbered within `window` before `path_loss` is
+    /// judged (default 100).
+    pub path_loss_min_packets: u64,
+    /// A handshake round trip above this raises `path_latency` (default: off).
+    #[serde(with = "humantime_serde")]
+    pub path_latency_above: Option<Duration>,
 }
 
 impl Default for AlertsConfig {
@@ -59,6 +68,9 @@ impl Default for AlertsConfig {
             cookie_storm_per_second: 5.0,
             socket_drops_per_second: 1.0,
             endpoint_new_address: true,
+            path_loss_ratio: 0.02,
+            path_loss_min_packets: 100,
+            path_latency_above: None,
         }
     }
 }
@@ -79,6 +91,21 @@ impl AlertsConfig {
                 problems.push((key.into(), "must be a positive number".into()));
             }
         }
+        if !(self.path_loss_ratio.is_finite()
+            && self.path_loss_ratio > 0.0
+            && self.path_loss_ratio < 1.0)
+        {
+            problems.push((
+                "path_loss_ratio".into(),
+                "must be a share between 0 and 1 (0.02 is 2%)".into(),
+            ));
+        }
+        if self.path_latency_above == Some(Duration::ZERO) {
+            problems.push((
+                "path_latency_above".into(),
+                "must be above 0 (leave it out to turn path_latency off)".into(),
+            ));
+        }
         problems
     }
 }
@@ -97,6 +124,10 @@ pub enum AlertType {
     SocketDrops,
     /// A peer's endpoint moved to an address it never used before.
     EndpointNewAddress,
+    /// A peer's data messages lost on the way above a share.
+    PathLoss,
+    /// A handshake round trip above a threshold.
+    PathLatency,
 }
 
 impl AlertType {
@@ -108,6 +139,8 @@ impl AlertType {
             AlertType::CookieStorm => "cookie_storm",
             AlertType::SocketDrops => "socket_drops",
             AlertType::EndpointNewAddress => "endpoint_new_address",
+            AlertType::PathLoss => "path_loss",
+            AlertType::PathLatency => "path_latency",
         }
     }
 }
@@ -288,6 +321,7 @@ mod cookie_storm;
 mod endpoint_new_address;
 mod handshake_unanswered;
 mod invalid_flood;
+mod path_health;
 mod socket_drops;
 
 #[cfg(test)]

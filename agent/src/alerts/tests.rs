@@ -194,3 +194,88 @@ fn new_addresses_alert_once_per_address() {
     assert_eq!(alerts[0].severity, Severity::Info);
     assert!(engine.on_new_address(&table_peer, address, t(2)).is_empty());
 }
+
+fn path_sample(lost: u64, packets: u64) -> (String, crate::snapshot::PathSample) {
+    (
+        "wg0".into(),
+        crate::snapshot::PathSample {
+            endpoint: crate::snapshot::Endpoint {
+                device: 1,
+                addr: "192.0.2.7:5000".parse().unwrap(),
+            },
+            direction: crate::snapshot::PathDirection::Receive,
+            index: 1,
+            delta: crate::snapshot::PathCounts {
+                packets,
+                lost,
+                late: 0,
+                duplicates: 0,
+            },
+        },
+    )
+}
+
+fn peer7(_: &str, _: &SocketAddr) -> Option<PublicKey> {
+    Some(PublicKey([7; 32]))
+}
+
+#[test]
+fn path_loss_needs_the_share_and_enough_packets() {
+    let mut engine = AlertEngine::new(AlertsConfig::default());
+    // Three lost keepalives of five: 60%, but too few to judge.
+    assert!(engine
+        .on_paths(&[path_sample(3, 2)], peer7, t(0))
+        .is_empty());
+    // 2 of 200 in the window (1%): below the 2% default.
+    let mut engine = AlertEngine::new(AlertsConfig::default());
+    assert!(engine
+        .on_paths(&[path_sample(2, 198)], peer7, t(0))
+        .is_empty());
+    // 3% over the window, in two drains: raised once, with its evidence.
+    let mut engine = AlertEngine::new(AlertsConfig::default());
+    assert!(engine
+        .on_paths(&[path_sample(0, 100)], peer7, t(0))
+        .is_empty());
+    let fired = engine.on_paths(&[path_sample(6, 94)], peer7, t(5));
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].kind, AlertType::PathLoss);
+    assert_eq!(fired[0].evidence["Lost"], 6);
+    assert_eq!(fired[0].evidence["Received"], 194);
+    assert!(
+        engine
+            .on_paths(&[path_sample(50, 50)], peer7, t(6))
+            .is_empty(),
+        "suppressed"
+    );
+}
+
+#[test]
+fn path_latency_is_off_unless_set() {
+    use crate::wg::{Device, DeviceKind, Peer};
+    let mut table = crate::peers::PeerTable::new(Duration::from_secs(180));
+    let device = Device {
+        name: "wg0".into(),
+        kind: DeviceKind::Kernel,
+        public_key: None,
+        listen_port: 51820,
+        fwmark: 0,
+        peers: vec![Peer::new(PublicKey([7; 32]))],
+    };
+    table.apply_devices(&[device], t(0), t(0));
+    let peer_state = table.peers().next().expect("the peer").clone();
+    let mut engine = AlertEngine::new(AlertsConfig::default());
+    assert!(engine
+        .on_round_trip(&peer_state, Duration::from_secs(3), t(0))
+        .is_empty());
+    let mut engine = AlertEngine::new(AlertsConfig {
+        path_latency_above: Some(Duration::from_millis(200)),
+        ..AlertsConfig::default()
+    });
+    assert!(engine
+        .on_round_trip(&peer_state, Duration::from_millis(150), t(0))
+        .is_empty());
+    let fired = engine.on_round_trip(&peer_state, Duration::from_millis(250), t(1));
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].kind, AlertType::PathLatency);
+    assert_eq!(fired[0].evidence["RoundTripSeconds"], 0.25);
+}

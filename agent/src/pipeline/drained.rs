@@ -46,11 +46,17 @@ impl Pipeline {
         }
         let alerts = {
             let table = self.shared.table.read().expect("not poisoned");
-            self.alerts.on_drain(
+            let mut alerts = self.alerts.on_drain(
                 &samples,
                 |device, endpoint| table.owner_of(device, endpoint),
                 taken_at,
-            )
+            );
+            alerts.extend(self.alerts.on_paths(
+                &paths,
+                |device, endpoint| table.owner_of(device, endpoint),
+                taken_at,
+            ));
+            alerts
         };
         {
             let mut status = self.shared.status.write().expect("not poisoned");

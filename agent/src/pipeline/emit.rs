@@ -34,6 +34,14 @@ impl Pipeline {
             {
                 alerts.extend(self.alerts.on_new_address(peer, *address, now));
             }
+            if let Change::Handshake {
+                peer,
+                rtt: Some(rtt),
+                ..
+            } = change
+            {
+                alerts.extend(self.alerts.on_round_trip(peer, *rtt, now));
+            }
         }
         self.raise(alerts);
         self.saves.changed(Instant::now());
