@@ -53,6 +53,9 @@ pub mod programs {
     pub const UDP_DROPS_TRACEPOINT: &str = "udp_fail_queue_rcv_skb";
     /// A classifier that only returns `TC_ACT_PIPE`: the baseline of the datapath benchmark.
     pub const NOOP: &str = "wgpulse_noop";
+    /// [`INGRESS`] without the per-session counter window (loss, reordering): the
+    /// benchmark measures what path tracking adds, side by side. Never attached.
+    pub const INGRESS_NO_PATHS: &str = "wgpulse_ingress_no_paths";
     /// Kernel-mode attribution: a kprobe that reads the `struct wg_peer` its function
     /// takes as first argument into [`super::MAP_WG_PEERS`].
     pub const WG_PEER_PROBE: &str = "wgpulse_wg_peer";

@@ -20,7 +20,10 @@ pub(crate) enum Class {
 }
 
 #[inline(always)]
-pub(crate) fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Parsed) -> Result<(), ()> {
+pub(crate) fn account<const INGRESS: bool, const PATHS: bool>(
+    ctx: &TcContext,
+    datagram: &Parsed,
+) -> Result<(), ()> {
     let udp = datagram.udp;
     let src_port = u16::from_be_bytes([udp[0], udp[1]]);
     let dst_port = u16::from_be_bytes([udp[2], udp[3]]);
@@ -82,7 +85,7 @@ pub(crate) fn account<const INGRESS: bool>(ctx: &TcContext, datagram: &Parsed) -
     if !count(direction, class, packets, payload, now) {
         return Ok(());
     }
-    if class == Class::Data {
+    if PATHS && class == Class::Data {
         let counter = u64::from_le_bytes([
             head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15],
         ]);

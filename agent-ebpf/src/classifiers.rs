@@ -8,28 +8,36 @@ use aya_ebpf::{bindings::TC_ACT_PIPE, macros::classifier, programs::TcContext};
 /// Ethernet-framed ingress.
 #[classifier]
 pub fn wgpulse_ingress(ctx: TcContext) -> i32 {
-    let _ = observe::<true, true>(&ctx);
+    let _ = observe::<true, true, true>(&ctx);
     TC_ACT_PIPE
 }
 
 /// Ethernet-framed egress.
 #[classifier]
 pub fn wgpulse_egress(ctx: TcContext) -> i32 {
-    let _ = observe::<true, false>(&ctx);
+    let _ = observe::<true, false, true>(&ctx);
     TC_ACT_PIPE
 }
 
 /// Layer-3 (no link header) ingress.
 #[classifier]
 pub fn wgpulse_ingress_l3(ctx: TcContext) -> i32 {
-    let _ = observe::<false, true>(&ctx);
+    let _ = observe::<false, true, true>(&ctx);
     TC_ACT_PIPE
 }
 
 /// Layer-3 (no link header) egress.
 #[classifier]
 pub fn wgpulse_egress_l3(ctx: TcContext) -> i32 {
-    let _ = observe::<false, false>(&ctx);
+    let _ = observe::<false, false, true>(&ctx);
+    TC_ACT_PIPE
+}
+
+/// Ethernet-framed ingress without the per-session counter window: the benchmark's
+/// side-by-side measure of what path tracking costs (never attached).
+#[classifier]
+pub fn wgpulse_ingress_no_paths(ctx: TcContext) -> i32 {
+    let _ = observe::<true, true, false>(&ctx);
     TC_ACT_PIPE
 }
 
@@ -40,11 +48,11 @@ pub fn wgpulse_noop(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-pub(crate) fn observe<const ETHERNET: bool, const INGRESS: bool>(
+pub(crate) fn observe<const ETHERNET: bool, const INGRESS: bool, const PATHS: bool>(
     ctx: &TcContext,
 ) -> Result<(), ()> {
     if let Some(parsed) = parse_direct::<ETHERNET>(ctx) {
-        return account::<INGRESS>(ctx, &parsed);
+        return account::<INGRESS, PATHS>(ctx, &parsed);
     }
     let parsed = match parse::<ETHERNET>(ctx).and_then(|d| load_transport(ctx, d)) {
         Ok(parsed) => parsed,
@@ -62,5 +70,5 @@ pub(crate) fn observe<const ETHERNET: bool, const INGRESS: bool>(
             return Ok(());
         }
     };
-    account::<INGRESS>(ctx, &parsed)
+    account::<INGRESS, PATHS>(ctx, &parsed)
 }

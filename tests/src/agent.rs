@@ -43,6 +43,21 @@ impl InProcessAgent {
         }
     }
 
+    /// Starts an agent in `ns` watching `device` on `interface` (fast drains and
+    /// reads, a fresh state directory) and waits for its first device read.
+    pub fn watching(ns: &crate::netns::NetNs, interface: &str, device: &str) -> Self {
+        let config = Config {
+            node: Some("test-node".into()),
+            state_dir: std::env::temp_dir().join(crate::unique_name("wgpa")),
+            interfaces: vec![interface.to_owned()],
+            devices: vec![device.to_owned()],
+            drain_interval: Duration::from_millis(200),
+            refresh_interval: Duration::from_secs(1),
+            ..Config::default()
+        };
+        Self::start_in(ns, config)
+    }
+
     /// Starts the agent in B's namespace and waits for its first device read.
     pub fn start(pair: &WgPair, config: Config) -> Self {
         Self::start_in(&pair.b, config)

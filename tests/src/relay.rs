@@ -9,7 +9,11 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::netns::NetNs;
+use std::net::IpAddr;
+
+use crate::netns::{NetNs, Veth};
+use crate::unique_octet;
+use crate::wireguard::WgDevice;
 
 /// What the relay does to the traffic.
 #[derive(Clone, Copy, Debug, Default)]
@@ -19,6 +23,8 @@ pub struct RelayOptions {
     /// Every Nth data message from the first side is held back and sent right after
     /// the next one (`None`: no reordering).
     pub swap_every: Option<u64>,
+    /// Every Nth data message from the first side is dropped (`None`: no loss).
+    pub drop_every: Option<u64>,
 }
 
 /// How long a held-back message waits for a successor before it goes alone.
@@ -38,6 +44,7 @@ pub struct Passage {
 #[derive(Default)]
 struct Record {
     swapped: AtomicU64,
+    dropped: AtomicU64,
     passages: Mutex<Vec<Passage>>,
 }
 
@@ -115,6 +122,11 @@ impl Relay {
         self.record.swapped.load(Ordering::SeqCst)
     }
 
+    /// Data messages dropped on purpose.
+    pub fn dropped(&self) -> u64 {
+        self.record.dropped.load(Ordering::SeqCst)
+    }
+
     /// Every datagram's passage so far.
     pub fn passages(&self) -> Vec<Passage> {
         self.record.passages.lock().unwrap().clone()
@@ -151,6 +163,13 @@ fn receive(
         let is_data = datagram.first() == Some(&4);
         if forward && is_data {
             data_seen += 1;
+            if options
+                .drop_every
+                .is_some_and(|every| data_seen.is_multiple_of(every))
+            {
+                record.dropped.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
             if let Some(every) = options.swap_every {
                 if held.is_none() && data_seen.is_multiple_of(every) {
                     held = Some((now, datagram));
@@ -173,6 +192,74 @@ impl Drop for Relay {
         self.stop.store(true, Ordering::SeqCst);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Namespaces A, R and B: A - R on one veth, R - B on another, the relay in R, each
+/// WireGuard device's peer endpoint at the relay.
+pub struct Relayed {
+    /// A's device.
+    pub wg_a: WgDevice,
+    /// B's device.
+    pub wg_b: WgDevice,
+    /// The relay in R.
+    pub relay: Relay,
+    /// The veth between A and R.
+    pub link_ar: Veth,
+    /// The veth between R and B.
+    pub link_rb: Veth,
+    /// The relay's namespace.
+    pub r: NetNs,
+    /// Namespace A.
+    pub a: NetNs,
+    /// Namespace B.
+    pub b: NetNs,
+    /// B's tunnel address.
+    pub tunnel_b: IpAddr,
+}
+
+impl Relayed {
+    /// Builds the three namespaces, both devices and the relay with `options`.
+    pub fn new(options: RelayOptions) -> Self {
+        let a = NetNs::new("wra");
+        let r = NetNs::new("wrr");
+        let b = NetNs::new("wrb");
+        let t = unique_octet();
+        let link_ar = Veth::connect(&a, &r, t, 1);
+        let link_rb = Veth::connect(&r, &b, t, 2);
+        let tunnel_a = format!("10.{t}.0.1");
+        let tunnel_b = format!("10.{t}.0.2");
+        let wg_a = WgDevice::start(&a, "wra", 51821, &[format!("{tunnel_a}/24")]);
+        let wg_b = WgDevice::start(&b, "wrb", 51820, &[format!("{tunnel_b}/24")]);
+        let relay = Relay::start(
+            &r,
+            SocketAddr::new(link_ar.b.v4.into(), 40001),
+            SocketAddr::new(link_rb.a.v4.into(), 40002),
+            SocketAddr::new(link_ar.a.v4.into(), wg_a.port),
+            SocketAddr::new(link_rb.b.v4.into(), wg_b.port),
+            options,
+        );
+        wg_a.set_peer(
+            &wg_b.keys.public,
+            Some(relay.first_side),
+            &format!("{tunnel_b}/32"),
+        );
+        wg_b.set_peer(
+            &wg_a.keys.public,
+            Some(relay.second_side),
+            &format!("{tunnel_a}/32"),
+        );
+        Self {
+            wg_a,
+            wg_b,
+            relay,
+            link_ar,
+            link_rb,
+            r,
+            a,
+            b,
+            tunnel_b: tunnel_b.parse::<IpAddr>().unwrap(),
         }
     }
 }

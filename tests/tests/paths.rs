@@ -8,35 +8,24 @@
 //! tshark.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use wgpulse::config::Config;
 use wgpulse::peers::path::PathHealth;
 use wgpulse::wg::PublicKey;
 use wgpulse_tests::agent::InProcessAgent;
 use wgpulse_tests::capture::{Capture, Packets};
-use wgpulse_tests::netns::{NetNs, Veth};
-use wgpulse_tests::relay::{Relay, RelayOptions};
-use wgpulse_tests::wireguard::{Underlay, WgDevice, WgPair};
-use wgpulse_tests::{require_root_and_tools, unique_name, unique_octet};
+use wgpulse_tests::netns::NetNs;
+use wgpulse_tests::relay::{RelayOptions, Relayed};
+use wgpulse_tests::require_root_and_tools;
+use wgpulse_tests::wireguard::{Underlay, WgPair};
 
 /// Every Nth transport message A sends is dropped (the (N/2)th of each N, so that
 /// the messages confirming a handshake pass).
 const DROP_EVERY: u32 = 10;
 
-/// An agent in `ns` watching `device` on `interface`.
 fn agent(ns: &NetNs, interface: &str, device: &str) -> InProcessAgent {
-    let config = Config {
-        node: Some("paths-test".into()),
-        state_dir: std::env::temp_dir().join(unique_name("wgpp")),
-        interfaces: vec![interface.to_owned()],
-        devices: vec![device.to_owned()],
-        drain_interval: Duration::from_millis(200),
-        refresh_interval: Duration::from_secs(1),
-        ..Config::default()
-    };
-    InProcessAgent::start_in(ns, config)
+    InProcessAgent::watching(ns, interface, device)
 }
 
 /// One peer's path figures from an agent's table.
@@ -259,64 +248,6 @@ fn loss_equals_the_nftables_drops_on_both_ends_and_a_direct_path_times_under_5_m
     drop(agent_b);
 }
 
-/// Namespaces A, R and B: A - R on one veth, R - B on another, the relay in R, each
-/// WireGuard device's peer endpoint at the relay.
-struct Relayed {
-    wg_a: WgDevice,
-    wg_b: WgDevice,
-    relay: Relay,
-    link_ar: Veth,
-    link_rb: Veth,
-    r: NetNs,
-    a: NetNs,
-    b: NetNs,
-    tunnel_b: IpAddr,
-}
-
-impl Relayed {
-    fn new(options: RelayOptions) -> Self {
-        let a = NetNs::new("wra");
-        let r = NetNs::new("wrr");
-        let b = NetNs::new("wrb");
-        let t = unique_octet();
-        let link_ar = Veth::connect(&a, &r, t, 1);
-        let link_rb = Veth::connect(&r, &b, t, 2);
-        let tunnel_a = format!("10.{t}.0.1");
-        let tunnel_b = format!("10.{t}.0.2");
-        let wg_a = WgDevice::start(&a, "wra", 51821, &[format!("{tunnel_a}/24")]);
-        let wg_b = WgDevice::start(&b, "wrb", 51820, &[format!("{tunnel_b}/24")]);
-        let relay = Relay::start(
-            &r,
-            SocketAddr::new(link_ar.b.v4.into(), 40001),
-            SocketAddr::new(link_rb.a.v4.into(), 40002),
-            SocketAddr::new(link_ar.a.v4.into(), wg_a.port),
-            SocketAddr::new(link_rb.b.v4.into(), wg_b.port),
-            options,
-        );
-        wg_a.set_peer(
-            &wg_b.keys.public,
-            Some(relay.first_side),
-            &format!("{tunnel_b}/32"),
-        );
-        wg_b.set_peer(
-            &wg_a.keys.public,
-            Some(relay.second_side),
-            &format!("{tunnel_a}/32"),
-        );
-        Self {
-            wg_a,
-            wg_b,
-            relay,
-            link_ar,
-            link_rb,
-            r,
-            a,
-            b,
-            tunnel_b: tunnel_b.parse().unwrap(),
-        }
-    }
-}
-
 #[test]
 fn through_a_delaying_reordering_relay_every_figure_meets_its_oracle() {
     require_root_and_tools();
@@ -324,6 +255,7 @@ fn through_a_delaying_reordering_relay_every_figure_meets_its_oracle() {
     let net = Relayed::new(RelayOptions {
         delay,
         swap_every: Some(7),
+        drop_every: None,
     });
     let agent_a = agent(&net.a, &net.link_ar.a.name, &net.wg_a.name);
     let agent_b = agent(&net.b, &net.link_rb.b.name, &net.wg_b.name);

@@ -40,7 +40,7 @@ enum Task {
     /// Benchmarks (medians of repeated runs, ratios measured side by side): prints a
     /// table per part and writes target/bench/report.{json,md} with SVG plots.
     Bench {
-        /// Parts: datapath, tunnel, connect, drain, scrape, delivery, footprint
+        /// Parts: datapath, tunnel, connect, drain, scrape, delivery, footprint, path
         /// (default: all, then the report).
         parts: Vec<String>,
         /// A reduced version for CI (checks that the bench still works).

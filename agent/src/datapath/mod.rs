@@ -116,12 +116,13 @@ pub struct Datapath {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
-const CLASSIFIERS: [&str; 5] = [
+const CLASSIFIERS: [&str; 6] = [
     programs::INGRESS,
     programs::EGRESS,
     programs::INGRESS_L3,
     programs::EGRESS_L3,
     programs::NOOP,
+    programs::INGRESS_NO_PATHS,
 ];
 
 impl Datapath {

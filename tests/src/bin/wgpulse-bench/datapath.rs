@@ -78,6 +78,22 @@ pub fn run(quick: bool) -> Part {
     per_packet(&mut dp, programs::INGRESS, &data4, 1, 1);
     per_packet(&mut dp, programs::INGRESS, &data6, 1, 1);
     let known4 = per_packet(&mut dp, programs::INGRESS, &data4, repeat, rounds);
+    // The same packet through the same program built without path tracking (the
+    // transport cost before it), interleaved round by round with the full program
+    // so that both see the same machine.
+    per_packet(&mut dp, programs::INGRESS_NO_PATHS, &data4, 1, 1);
+    let (mut with_paths, mut without_paths) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        with_paths.push(per_packet(&mut dp, programs::INGRESS, &data4, repeat, 1));
+        without_paths.push(per_packet(
+            &mut dp,
+            programs::INGRESS_NO_PATHS,
+            &data4,
+            repeat,
+            1,
+        ));
+    }
+    let (with_paths, without_paths) = (median(with_paths), median(without_paths));
     let known6 = per_packet(&mut dp, programs::INGRESS, &data6, repeat, rounds);
     let handshake = per_packet(&mut dp, programs::INGRESS, &initiation, repeat, rounds);
     let other_udp = per_packet(&mut dp, programs::INGRESS, &other, repeat, rounds);
@@ -108,6 +124,19 @@ pub fn run(quick: bool) -> Part {
         part.rows
             .push(Row::new(case, ns, "ns/packet").ratio(ns / noop, "x no-op"));
     }
+    part.rows.push(
+        Row::new(
+            "transport, known peer, IPv4, without path tracking",
+            without_paths,
+            "ns/packet",
+        )
+        .ratio(without_paths / noop, "x no-op"),
+    );
+    let added = with_paths - without_paths;
+    part.rows.push(
+        Row::new("path tracking added (known peer, IPv4)", added, "ns/packet")
+            .target("<= 15 ns", added <= 15.0),
+    );
     let worst_known = known4.max(known6);
     part.rows.push(
         Row::new(

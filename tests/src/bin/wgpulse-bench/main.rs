@@ -8,6 +8,7 @@ mod datapath;
 mod delivery;
 mod drain;
 mod footprint;
+mod path;
 mod report;
 mod scrape;
 mod tunnel;
@@ -21,6 +22,7 @@ const PARTS: &[&str] = &[
     "scrape",
     "delivery",
     "footprint",
+    "path",
 ];
 
 fn machine() -> String {
@@ -65,6 +67,7 @@ fn main() {
             "scrape" => scrape::run(quick),
             "delivery" => delivery::run(quick),
             "footprint" => footprint::run(quick),
+            "path" => path::run(quick),
             other => panic!("unknown part {other:?}: {}", PARTS.join(", ")),
         });
         match result {
