@@ -23,8 +23,19 @@ pub const MAP_OFFSETS: &str = "OFFSETS";
 pub const MAP_WG_PEERS: &str = "WG_PEERS";
 /// Name of the array (one entry) holding the `struct wg_peer` offsets ([`WgPeerOffsets`]).
 pub const MAP_WG_OFFSETS: &str = "WG_OFFSETS";
-/// Name of the LRU hash of per-session transport counters ([`PathKey`] -> [`PathState`]).
+/// Name of the array of per-session transport counters ([`PathState`] slots, two-way
+/// set-associative by session index; userspace maps it read-only).
 pub const MAP_PATHS: &str = "PATHS";
+/// Name of the global (`.rodata`) holding the slot mask of [`MAP_PATHS`] (slots - 1).
+pub const GLOBAL_PATH_SLOT_MASK: &str = "PATH_SLOT_MASK";
+/// Default number of path slots (a power of two; userspace sizes it from `max_peers`).
+pub const DEFAULT_PATH_SLOTS: u32 = 2 * DEFAULT_MAX_PEERS;
+/// A slot is taken over by a new session once its occupant is idle this long (ns):
+/// WireGuard rejects a keypair after 180 s, and userspace has read it since.
+pub const PATH_RETIRE_NS: u64 = 200_000_000_000;
+/// ... or once an occupant with a single message is idle this long (ns): forged or
+/// stray indices do not keep a slot.
+pub const PATH_STRAY_NS: u64 = 2_000_000_000;
 
 /// Default bound of the endpoint map (`max_peers` in the configuration).
 pub const DEFAULT_MAX_PEERS: u32 = 65_536;
@@ -182,6 +193,9 @@ pub struct GlobalStats {
     pub unattributed_drops: u64,
     /// Session-index inserts that failed.
     pub session_errors: u64,
+    /// Sessions whose transport counters were not followed: both path slots of their
+    /// index were held by busy sessions.
+    pub path_collisions: u64,
 }
 
 /// Key of the session-index map: a local WireGuard session index of one device.
@@ -267,7 +281,7 @@ pub const PATH_WINDOW: u64 = 64;
 /// the loss figures.
 pub const PATH_MAX_JUMP: u64 = 1 << 31;
 
-/// Key of the path map: one WireGuard session index in one direction of one device.
+/// One WireGuard session index in one direction of one device: the owner of a path slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PathKey {
@@ -282,13 +296,20 @@ pub struct PathKey {
     pub _pad: u32,
 }
 
-/// Value of the path map: what the datapath knows of one session's counters in one
+/// One slot of the path map: what the datapath knows of one session's counters in one
 /// direction. The counters of one keypair start at 0 and rise by one per message
 /// (keepalives included), so `highest - first + 1` messages were numbered by the
 /// sender; `packets - duplicates - early` of them reached this hook.
+///
+/// `seq_begin` and `seq_end` frame every update (begin is raised first, end set to it
+/// last): a copy read while an update is under way has them differ and is skipped.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathState {
+    /// Raised before each update.
+    pub seq_begin: u64,
+    /// The session the slot holds (all zero: a free slot).
+    pub owner: PathKey,
     /// The endpoint of the last message (attribution to the peer).
     pub endpoint: EndpointKey,
     /// The lowest counter the window accounts from: 0 when the session was seen from
@@ -312,6 +333,8 @@ pub struct PathState {
     pub jumps: u64,
     /// `CLOCK_MONOTONIC (coarse)` ns of the last message.
     pub updated_ns: u64,
+    /// Set to `seq_begin` after each update.
+    pub seq_end: u64,
 }
 
 /// Offsets of kernel structure fields the drop tracepoint reads, resolved by
@@ -441,7 +464,7 @@ mod tests {
         assert_eq!(size_of::<SessionState>(), 24 + 4 + 4 + 8 + 8);
         assert_eq!(size_of::<SessionEvent>(), 4 + 4 + 8 + 4 + 4 + 24 + 24 + 8);
         assert_eq!(size_of::<PathKey>(), 16);
-        assert_eq!(size_of::<PathState>(), 24 + 9 * 8);
+        assert_eq!(size_of::<PathState>(), 8 + 16 + 24 + 9 * 8 + 8);
         assert_eq!(size_of::<KernelOffsets>(), 24);
         assert_eq!(size_of::<WgPeerOffsets>(), 12 * 4);
         assert_eq!(size_of::<WgPeerReading>(), 5 * 8 + 4 + 16 + 3 * 4 + 32);

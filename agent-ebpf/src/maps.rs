@@ -1,11 +1,12 @@
 //! The maps the programs share with userspace (names and sizes from `agent-common`).
 
 use agent_common::{
-    EndpointKey, EndpointStats, GlobalStats, KernelOffsets, PathKey, PathState, SessionKey,
-    SessionState, DEFAULT_MAX_PEERS, DEFAULT_MAX_SESSIONS, EVENTS_RING_BYTES, MAX_DEVICES,
+    EndpointKey, EndpointStats, GlobalStats, KernelOffsets, PathState, SessionKey, SessionState,
+    DEFAULT_MAX_PEERS, DEFAULT_MAX_SESSIONS, DEFAULT_PATH_SLOTS, EVENTS_RING_BYTES, MAX_DEVICES,
     PORT_MAP_ENTRIES,
 };
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -24,11 +25,17 @@ pub(crate) static PORTS: Array<u32> = Array::with_max_entries(PORT_MAP_ENTRIES, 
 pub(crate) static SESSIONS: LruHashMap<SessionKey, SessionState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
 
-/// Per session index and direction: the transport counters seen (loss, reordering);
-/// userspace sets `max_entries` from `max_peers`.
+/// Per session index and direction: the transport counters seen (loss, reordering).
+/// An array (lookups are inlined by the verifier: no hash on the per-packet path),
+/// two-way set-associative by index; userspace sets `max_entries` from `max_peers`
+/// and maps it read-only.
 #[map]
-pub(crate) static PATHS: LruHashMap<PathKey, PathState> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
+pub(crate) static PATHS: Array<PathState> =
+    Array::with_max_entries(DEFAULT_PATH_SLOTS, BPF_F_MMAPABLE);
+
+/// `PATHS` slots - 1 (a power of two minus one), set by userspace before loading.
+#[no_mangle]
+pub(crate) static PATH_SLOT_MASK: u32 = DEFAULT_PATH_SLOTS - 1;
 
 /// Datapath-wide counters.
 #[map]

@@ -558,3 +558,19 @@ fn truncated_or_invalid_data_messages_track_no_session() {
     assert!(paths(&mut rig).is_empty());
     assert_eq!(rig.endpoints()[&remote4()].rx.invalid_packets, 2);
 }
+
+#[test]
+fn a_third_busy_session_on_one_slot_pair_is_counted_as_a_collision() {
+    let mut rig = Rig::new(16);
+    // 16 peers: 256 slots; indices 256 apart share a slot pair.
+    let slots = wgpulse::datapath::path_slots(16);
+    assert_eq!(slots, 256);
+    for index in [5, 5 + slots, 5 + 2 * slots] {
+        receive(&mut rig, index, 0..3);
+    }
+    let snapshot = rig.drain.drain().unwrap();
+    let followed: Vec<u32> = snapshot.paths.iter().map(|s| s.index).collect();
+    assert_eq!(followed.len(), 2, "{followed:?}");
+    assert!(!followed.contains(&(5 + 2 * slots)));
+    assert_eq!(snapshot.globals.path_collisions, 3, "each of its messages");
+}

@@ -143,15 +143,13 @@ impl Datapath {
         } else {
             1
         };
+        let path_slots = path_slots(options.max_peers);
+        let path_slot_mask = path_slots - 1;
         let mut ebpf = EbpfLoader::new()
+            .override_global(agent_common::GLOBAL_PATH_SLOT_MASK, &path_slot_mask, true)
             .map_max_entries(agent_common::MAP_ENDPOINTS, options.max_peers)
             .map_max_entries(agent_common::MAP_WG_PEERS, wg_peers_capacity)
-            // Two directions and up to two live keypairs (current and previous) per
-            // peer; LRU, so a flood of forged indices evicts the oldest sessions.
-            .map_max_entries(
-                agent_common::MAP_PATHS,
-                options.max_peers.saturating_mul(4).max(64),
-            )
+            .map_max_entries(agent_common::MAP_PATHS, path_slots)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if crate::privileges::is_denied(&e) {
@@ -290,6 +288,16 @@ fn program_mut<'a>(
             program: name,
             source: Box::new(e),
         })
+}
+
+/// Slots of the path array for `max_peers`: a power of two, two per peer (one session
+/// each way; a rekey's old session idles out of its slot), at least 256.
+pub fn path_slots(max_peers: u32) -> u32 {
+    max_peers
+        .saturating_mul(2)
+        .max(256)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoaderError> {

@@ -111,8 +111,11 @@ impl Drain {
             .map_err(|e| open(MAP_GLOBALS, e))?;
         let ring =
             RingBuf::try_from(datapath.take_map(MAP_EVENTS)?).map_err(|e| open(MAP_EVENTS, e))?;
-        let paths =
-            paths::Paths::new(datapath.take_map(MAP_PATHS)?).map_err(|e| open(MAP_PATHS, e))?;
+        let paths = paths::Paths::new(
+            datapath.take_map(MAP_PATHS)?,
+            crate::datapath::path_slots(capacity),
+        )
+        .map_err(|e| open(MAP_PATHS, e))?;
         let kernel = match datapath.kernel_mode() {
             Ok(_) => Some(
                 KernelPeers::new(datapath.take_map(MAP_WG_PEERS)?)
@@ -160,7 +163,10 @@ impl Drain {
         let mut samples = self.samples(&raw, seen, &clock);
         samples.extend(self.departed(seen, &clock));
         self.evict_idle(&raw, &clock);
-        let paths = self.paths.read(clock.boot_ns())?;
+        let traffic = samples
+            .iter()
+            .any(|s| crate::snapshot::has_traffic(&s.delta));
+        let paths = self.paths.read(clock.boot_ns(), traffic)?;
         self.sequence += 1;
         Ok(Snapshot {
             sequence: self.sequence,
@@ -285,6 +291,7 @@ impl Drain {
             total.events_lost += v.events_lost;
             total.unattributed_drops += v.unattributed_drops;
             total.session_errors += v.session_errors;
+            total.path_collisions += v.path_collisions;
         }
         Ok(total)
     }

@@ -1,6 +1,7 @@
-//! Reading the path map: each session's counter window turned into running figures
-//! (received, lost, late, duplicates) and the deltas since the last drain; sessions
-//! idle past a keypair's life are read one last time and deleted.
+//! Reading the path array: each session's counter window turned into running figures
+//! (received, lost, late, duplicates) and the deltas since the last drain. The array
+//! is mapped read-only (no copy through system calls); a slot is taken only when its
+//! sequence numbers say no update was under way.
 //!
 //! Loss is `expected - received`: `highest - first + 1` counters numbered, `packets -
 //! duplicates - early` of them seen. A counter still missing inside the window of a
@@ -13,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use agent_common::{PathKey, PathState, MAP_PATHS, PATH_RX, PATH_WINDOW};
-use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData};
+use aya::maps::MapData;
 
 use super::batch::lookup_batch;
 use super::{DrainError, FastMap};
@@ -22,28 +23,99 @@ use crate::snapshot::{Endpoint, PathCounts, PathDirection, PathSample};
 /// How long after a session's last message a gap in its window still counts as
 /// "maybe late": reordering on real paths is a matter of milliseconds.
 pub(super) const SETTLE: Duration = Duration::from_secs(1);
-/// A session idle this long is read once more and deleted from the map: WireGuard
-/// rejects a keypair after 180 s, so no message on its index can follow.
-pub(super) const RETIRE: Duration = Duration::from_secs(300);
+/// After the last drain with traffic the slots are scanned for this long beyond
+/// [`SETTLE`] (so that the last gaps are counted once settled), then not at all until
+/// traffic returns: an idle agent reads no slots.
+pub(super) const QUIET_SCANS: Duration = Duration::from_secs(2);
+/// Reads of a slot caught mid-update before it is left for the next scan.
+const READ_TRIES: usize = 64;
 
 /// The figures of one session already reported.
 #[derive(Clone, Copy, Default)]
 struct Reported {
     counts: PathCounts,
-    /// The raw `packets` of the map entry (a lower one: the entry was re-created).
+    /// The raw `packets` of the slot (a lower one: the slot was given to a new
+    /// session with the same owner).
     raw_packets: u64,
 }
 
-/// The path map and what was reported of each session.
+/// The path array and what was reported of each session.
 pub(super) struct Paths {
-    map: BpfHashMap<MapData, PathKey, PathState>,
-    batch_supported: bool,
-    keys: Vec<PathKey>,
+    map: MapData,
+    slots: u32,
+    /// The array mapped read-only (`None`: read with batched lookups instead).
+    mapped: Option<Mapped>,
+    keys: Vec<u32>,
     values: Vec<u8>,
     reported: FastMap<PathKey, Reported>,
+    /// Monotonic ns of the last drain that saw traffic: the slots are scanned only
+    /// while something can still move in them (traffic, or gaps still settling).
+    last_traffic_ns: Option<u64>,
 }
 
-/// A session's running figures now, from its map entry at monotonic time `now_ns`.
+/// A read-only shared mapping of the path array.
+struct Mapped {
+    base: *const PathState,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only memory owned by this value; it is only read.
+unsafe impl Send for Mapped {}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` come from a successful mmap of this length.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+impl Mapped {
+    fn new(fd: std::os::fd::RawFd, slots: u32) -> std::io::Result<Self> {
+        let page = 4096usize;
+        let len = (slots as usize * std::mem::size_of::<PathState>()).next_multiple_of(page);
+        // SAFETY: mapping a BPF_F_MMAPABLE array read-only and shared; the kernel
+        // checks the length against the map.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            base: base as *const PathState,
+            len,
+        })
+    }
+
+    /// A consistent copy of slot `i`, or `None` while an update is under way (or
+    /// for a free slot).
+    fn read(&self, i: usize) -> Option<PathState> {
+        use std::sync::atomic::{fence, Ordering};
+        // SAFETY: `i` is below the slot count the mapping covers; the memory is only
+        // read, with volatile reads, as the datapath may write it at any time.
+        unsafe {
+            let slot = self.base.add(i);
+            let end = std::ptr::read_volatile(std::ptr::addr_of!((*slot).seq_end));
+            if end == 0 {
+                return None;
+            }
+            fence(Ordering::Acquire);
+            let copy = std::ptr::read_volatile(slot);
+            fence(Ordering::Acquire);
+            let begin = std::ptr::read_volatile(std::ptr::addr_of!((*slot).seq_begin));
+            (begin == end).then_some(copy)
+        }
+    }
+}
+
+/// A session's running figures now, from its slot at monotonic time `now_ns`.
 pub(super) fn figures(state: &PathState, now_ns: u64) -> PathCounts {
     let expected = state.highest.saturating_sub(state.first) + 1;
     let received = state
@@ -71,31 +143,60 @@ pub(super) fn figures(state: &PathState, now_ns: u64) -> PathCounts {
 }
 
 impl Paths {
-    pub(super) fn new(map: aya::maps::Map) -> Result<Self, aya::maps::MapError> {
+    pub(super) fn new(map: aya::maps::Map, slots: u32) -> Result<Self, aya::maps::MapError> {
+        let aya::maps::Map::Array(map) = map else {
+            return Err(aya::maps::MapError::InvalidName {
+                name: MAP_PATHS.into(),
+            });
+        };
+        let mapped = match Mapped::new(map.fd().as_fd().as_raw_fd(), slots) {
+            Ok(mapped) => Some(mapped),
+            Err(err) => {
+                tracing::info!("the path array cannot be mapped ({err}): reading it with lookups");
+                None
+            }
+        };
         Ok(Self {
-            map: BpfHashMap::try_from(map)?,
-            batch_supported: true,
+            map,
+            slots,
+            mapped,
             keys: Vec::new(),
             values: Vec::new(),
             reported: FastMap::default(),
+            last_traffic_ns: None,
         })
     }
 
-    /// Every session whose figures moved since the last drain, at monotonic `now_ns`.
-    pub(super) fn read(&mut self, now_ns: u64) -> Result<Vec<PathSample>, DrainError> {
-        let entries = self.entries().map_err(|source| DrainError::Read {
+    /// Every session whose figures moved since the last drain, at monotonic `now_ns`;
+    /// `traffic` says whether this drain saw any datagram at all.
+    pub(super) fn read(
+        &mut self,
+        now_ns: u64,
+        traffic: bool,
+    ) -> Result<Vec<PathSample>, DrainError> {
+        if traffic {
+            self.last_traffic_ns = Some(now_ns);
+        }
+        // Nothing was written since the last scan that found everything settled.
+        let Some(last) = self.last_traffic_ns else {
+            return Ok(Vec::new());
+        };
+        if now_ns.saturating_sub(last) > (SETTLE + QUIET_SCANS).as_nanos() as u64 {
+            self.last_traffic_ns = None;
+            return Ok(Vec::new());
+        }
+        let (entries, complete) = self.entries().map_err(|source| DrainError::Read {
             map: MAP_PATHS,
             source,
         })?;
         let mut samples = Vec::new();
-        let mut retired = Vec::new();
         let mut present = FastMap::default();
-        for (key, state) in &entries {
-            present.insert(*key, ());
+        for state in &entries {
+            let key = state.owner;
+            present.insert(key, ());
             let now = figures(state, now_ns);
-            let reported = self.reported.entry(*key).or_default();
+            let reported = self.reported.entry(key).or_default();
             if state.packets < reported.raw_packets {
-                // Evicted and re-created under the same index: a new incarnation.
                 *reported = Reported::default();
             }
             reported.raw_packets = state.packets;
@@ -120,42 +221,73 @@ impl Paths {
                     delta,
                 });
             }
-            if now_ns.saturating_sub(state.updated_ns) > RETIRE.as_nanos() as u64 {
-                retired.push(*key);
-            }
         }
-        for key in retired {
-            // Read above with its gaps settled: nothing of it is left to report.
-            let _ = self.map.remove(&key);
-            self.reported.remove(&key);
+        // Sessions whose slot went to another: their last figures were reported. A
+        // scan that could not read every slot whole forgets nothing (the session
+        // of the unread slot would be counted again from zero).
+        if complete {
+            self.reported.retain(|key, _| present.contains_key(key));
         }
-        // Sessions the LRU evicted: their last figures were reported already.
-        self.reported.retain(|key, _| present.contains_key(key));
         Ok(samples)
     }
 
-    fn entries(&mut self) -> std::io::Result<Vec<(PathKey, PathState)>> {
-        if self.batch_supported {
-            let fd = self.map.map().fd().as_fd().as_raw_fd();
-            let size = std::mem::size_of::<PathState>().next_multiple_of(8);
-            let mut out = Vec::with_capacity(self.reported.len());
-            match lookup_batch(fd, size, &mut self.keys, &mut self.values, |key, value| {
-                // SAFETY: the kernel wrote a value of this Pod type here.
-                let state: PathState =
-                    unsafe { std::ptr::read_unaligned(value.as_ptr() as *const PathState) };
-                out.push((*key, state));
-            }) {
-                Ok(()) => return Ok(out),
-                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-                    self.batch_supported = false;
+    /// Every occupied slot, and whether each was read whole.
+    fn entries(&mut self) -> std::io::Result<(Vec<PathState>, bool)> {
+        let mut out = Vec::with_capacity(self.reported.len());
+        let mut complete = true;
+        if let Some(mapped) = &self.mapped {
+            for i in 0..self.slots as usize {
+                // An update takes nanoseconds: a few tries see it finished.
+                let mut copy = None;
+                for _ in 0..READ_TRIES {
+                    copy = mapped.read(i);
+                    if copy.is_some() {
+                        break;
+                    }
+                    // A free slot reads as None at once: no retry needed.
+                    // SAFETY: as in `Mapped::read`.
+                    let end = unsafe {
+                        std::ptr::read_volatile(std::ptr::addr_of!((*mapped.base.add(i)).seq_end))
+                    };
+                    if end == 0 {
+                        break;
+                    }
+                    std::hint::spin_loop();
                 }
-                Err(err) => return Err(err),
+                match copy {
+                    Some(state) if state.packets > 0 || state.jumps > 0 => out.push(state),
+                    Some(_) => {}
+                    None => {
+                        // SAFETY: as in `Mapped::read`.
+                        let end = unsafe {
+                            std::ptr::read_volatile(std::ptr::addr_of!(
+                                (*mapped.base.add(i)).seq_end
+                            ))
+                        };
+                        if end != 0 {
+                            complete = false;
+                        }
+                    }
+                }
             }
+            return Ok((out, complete));
         }
-        self.map
-            .iter()
-            .map(|item| item.map_err(std::io::Error::other))
-            .collect()
+        let fd = self.map.fd().as_fd().as_raw_fd();
+        let size = std::mem::size_of::<PathState>();
+        lookup_batch(fd, size, &mut self.keys, &mut self.values, |_, value| {
+            // SAFETY: the kernel wrote a value of this Pod type here.
+            let state: PathState =
+                unsafe { std::ptr::read_unaligned(value.as_ptr() as *const PathState) };
+            if state.seq_end == 0 {
+                return;
+            }
+            if state.seq_begin != state.seq_end {
+                complete = false;
+            } else if state.packets > 0 || state.jumps > 0 {
+                out.push(state);
+            }
+        })?;
+        Ok((out, complete))
     }
 }
 

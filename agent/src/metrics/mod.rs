@@ -180,6 +180,15 @@ impl Collector for AgentCollector {
             },
         );
         out.counter(
+            "wgpulse_path_collisions_total",
+            "Data messages of sessions whose transport counters were not followed: both slots of their index were held by busy sessions.",
+            &[],
+            |vec| {
+                vec.with_label_values(&[] as &[&str])
+                    .inc_by(status.globals.path_collisions);
+            },
+        );
+        out.counter(
             "wgpulse_session_notices_total",
             "Session notices read from the ring buffer.",
             &[],
