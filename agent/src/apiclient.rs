@@ -330,3 +330,47 @@ pub fn webhook(args: &ApiArgs, action: &WebhookAction) -> Result<String, ApiClie
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::path::PathHealth;
+    use crate::snapshot::PathCounts;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn the_peers_table_shows_the_round_trip_and_the_loss() {
+        let now = SystemTime::now();
+        let mut table = crate::peers::PeerTable::new(Duration::from_secs(180));
+        let device = crate::wg::Device {
+            name: "wg0".into(),
+            kind: crate::wg::DeviceKind::Kernel,
+            public_key: None,
+            listen_port: 51820,
+            fwmark: 0,
+            peers: vec![crate::wg::Peer::new(crate::wg::PublicKey([7; 32]))],
+        };
+        table.apply_devices(&[device], now, now);
+        let mut peer = table.peers().next().unwrap().clone();
+        let mut path = PathHealth::default();
+        path.record_rtt(now, Duration::from_micros(40_800));
+        path.receive = PathCounts {
+            packets: 95,
+            lost: 5,
+            late: 0,
+            duplicates: 0,
+        };
+        peer.path = path;
+        let view = PeerView::new(&peer, now);
+        assert_eq!(view.path.receive.loss_ratio, Some(0.05));
+        let text = peers_table(&[view]);
+        let header = text.lines().next().unwrap();
+        assert!(header.ends_with("RTT     LOSS"), "{header}");
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.ends_with("40.8ms  5.00% (5)"), "{row}");
+        // A peer with no data messages yet.
+        let quiet = PeerView::new(table.peers().next().unwrap(), now);
+        let row = peers_table(&[quiet]).lines().nth(1).unwrap().to_owned();
+        assert!(row.ends_with("0      -    -"), "{row}");
+    }
+}

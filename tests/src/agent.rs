@@ -143,6 +143,17 @@ impl InProcessAgent {
         events
     }
 
+    /// A peer's path figures from the agent's table (empty if the peer is unknown).
+    pub fn path_of(&self, device: &str, public_key: &str) -> wgpulse::peers::path::PathHealth {
+        let shared = self.shared();
+        let table = shared.table.read().expect("not poisoned");
+        let key: wgpulse::wg::PublicKey = public_key.parse().expect("a public key");
+        table
+            .peer(device, &key)
+            .map(|p| p.path.clone())
+            .unwrap_or_default()
+    }
+
     /// The agent's peer table and stage health.
     pub fn shared(&self) -> Arc<Shared> {
         self.running.as_ref().expect("running").shared()

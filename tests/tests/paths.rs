@@ -30,13 +30,7 @@ fn agent(ns: &NetNs, interface: &str, device: &str) -> InProcessAgent {
 
 /// One peer's path figures from an agent's table.
 fn path_of(agent: &InProcessAgent, device: &str, key: &str) -> PathHealth {
-    let shared = agent.shared();
-    let table = shared.table.read().unwrap();
-    let key: PublicKey = key.parse().unwrap();
-    table
-        .peer(device, &key)
-        .map(|p| p.path.clone())
-        .unwrap_or_default()
+    agent.path_of(device, key)
 }
 
 /// nftables in `ns`: on the output path, count every transport message to `port`,
@@ -355,4 +349,57 @@ fn through_a_delaying_reordering_relay_every_figure_meets_its_oracle() {
     );
     drop(agent_a);
     drop(agent_b);
+}
+
+#[test]
+fn a_rekey_mid_stream_loses_no_count_and_adds_no_gap() {
+    require_root_and_tools();
+    let pair = WgPair::new(Underlay::V4);
+    let agent_b = agent(&pair.b, &pair.link.b.name, &pair.wg_b.name);
+    let dropper = Dropper::install(&pair.a, pair.wg_b.port);
+    ping(&pair.a, pair.tunnel_addr_b(false), 120);
+    // A forgets B and learns it again: its next packet needs a new handshake, so B
+    // sees a new receiver index from counter 0, while its peer A stays the same.
+    pair.wg_a.remove_peer(&pair.wg_b.keys.public);
+    let allowed = [
+        format!("{}/32", pair.tunnel_b.0),
+        format!("{}/128", pair.tunnel_b.1),
+    ];
+    pair.wg_a.add_peer(
+        &pair.wg_b.keys.public,
+        Some(pair.endpoint_b()),
+        &[&allowed[0], &allowed[1]],
+        None,
+    );
+    ping(&pair.a, pair.tunnel_addr_b(false), 120);
+    let (numbered, dropped, at_b, handshakes) = settle(
+        || {
+            let (numbered, dropped) = dropper.counts();
+            let shared = agent_b.shared();
+            let handshakes = {
+                let table = shared.table.read().unwrap();
+                let key: PublicKey = pair.wg_a.keys.public.parse().unwrap();
+                table
+                    .peer(&pair.wg_b.name, &key)
+                    .map(|p| p.handshakes_completed())
+                    .unwrap_or(0)
+            };
+            (
+                numbered,
+                dropped,
+                path_of(&agent_b, &pair.wg_b.name, &pair.wg_a.keys.public),
+                handshakes,
+            )
+        },
+        |(numbered, dropped, b, handshakes)| {
+            *handshakes >= 2
+                && b.receive.lost == *dropped
+                && b.receive.packets == numbered - dropped
+        },
+    );
+    assert!(handshakes >= 2, "two sessions: {handshakes} handshakes");
+    assert!(dropped >= 20, "{dropped} of {numbered} dropped");
+    assert_eq!(at_b.receive.lost, dropped, "{at_b:?}");
+    assert_eq!(at_b.receive.packets, numbered - dropped);
+    assert_eq!((at_b.receive.late, at_b.receive.duplicates), (0, 0));
 }

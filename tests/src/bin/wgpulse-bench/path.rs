@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use wgpulse::peers::path::PathHealth;
-use wgpulse::wg::PublicKey;
 use wgpulse_tests::agent::InProcessAgent;
 use wgpulse_tests::relay::{RelayOptions, Relayed};
 
@@ -18,13 +17,7 @@ const DELAY: Duration = Duration::from_millis(20);
 const DROP_EVERY: u64 = 20;
 
 fn path_of(agent: &InProcessAgent, device: &str, key: &str) -> PathHealth {
-    let shared = agent.shared();
-    let table = shared.table.read().unwrap();
-    let key: PublicKey = key.parse().unwrap();
-    table
-        .peer(device, &key)
-        .map(|p| p.path.clone())
-        .unwrap_or_default()
+    agent.path_of(device, key)
 }
 
 /// Runs the part.

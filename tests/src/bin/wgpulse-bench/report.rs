@@ -137,6 +137,7 @@ impl Part {
             let target = match (&row.target, row.met) {
                 (Some(t), Some(true)) => format!("{t}: met"),
                 (Some(t), Some(false)) => format!("{t}: NOT met"),
+                (Some(t), None) => format!("{t}: not judged (--quick)"),
                 _ => String::new(),
             };
             println!(
@@ -271,6 +272,7 @@ pub fn assemble(machine: &str) {
             let target = match (&row.target, row.met) {
                 (Some(t), Some(true)) => format!("{t}: met"),
                 (Some(t), Some(false)) => format!("{t}: **not met**"),
+                (Some(t), None) => format!("{t}: not judged (quick run)"),
                 _ => String::new(),
             };
             md.push_str(&format!(
