@@ -574,3 +574,25 @@ fn a_third_busy_session_on_one_slot_pair_is_counted_as_a_collision() {
     assert!(!followed.contains(&(5 + 2 * slots)));
     assert_eq!(snapshot.globals.path_collisions, 3, "each of its messages");
 }
+
+#[test]
+fn a_gap_inside_the_window_is_lost_once_the_session_is_quiet() {
+    let mut rig = Rig::new(16);
+    receive(&mut rig, 7, [0, 1, 3]);
+    assert_eq!(
+        paths(&mut rig)[&(PathDirection::Receive, 7)],
+        counts(3, 0, 0, 0),
+        "counter 2 may still come"
+    );
+    // The rule is about time: a second without messages settles the gap. The next
+    // drain comes 3.2 s later (as with a long drain_interval) and must still count it.
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    assert_eq!(
+        paths(&mut rig),
+        HashMap::from([((PathDirection::Receive, 7), counts(0, 1, 0, 0))])
+    );
+    assert!(
+        paths(&mut rig).is_empty(),
+        "settled: nothing more to report"
+    );
+}

@@ -403,3 +403,45 @@ fn a_rekey_mid_stream_loses_no_count_and_adds_no_gap() {
     assert_eq!(at_b.receive.packets, numbered - dropped);
     assert_eq!((at_b.receive.late, at_b.receive.duplicates), (0, 0));
 }
+
+#[test]
+fn a_roam_mid_stream_keeps_the_peers_figures() {
+    require_root_and_tools();
+    let pair = WgPair::new(Underlay::V4);
+    let agent_b = agent(&pair.b, &pair.link.b.name, &pair.wg_b.name);
+    let dropper = Dropper::install(&pair.a, pair.wg_b.port);
+    ping(&pair.a, pair.tunnel_addr_b(false), 120);
+    // A reaches B over IPv6 from now on: the same session, from a new endpoint.
+    let v6_b = std::net::SocketAddr::new(IpAddr::V6(pair.link.b.v6), pair.wg_b.port);
+    pair.wg_a.set_peer_endpoint(&pair.wg_b.keys.public, v6_b);
+    ping(&pair.a, pair.tunnel_addr_b(false), 120);
+    let key: PublicKey = pair.wg_a.keys.public.parse().unwrap();
+    let (numbered, dropped, at_b, endpoint) = settle(
+        || {
+            let (numbered, dropped) = dropper.counts();
+            let endpoint = {
+                let shared = agent_b.shared();
+                let table = shared.table.read().unwrap();
+                table.peer(&pair.wg_b.name, &key).and_then(|p| p.endpoint)
+            };
+            (
+                numbered,
+                dropped,
+                path_of(&agent_b, &pair.wg_b.name, &pair.wg_a.keys.public),
+                endpoint,
+            )
+        },
+        |(numbered, dropped, b, endpoint)| {
+            endpoint.is_some_and(|e| e.is_ipv6())
+                && b.receive.lost == *dropped
+                && b.receive.packets == numbered - dropped
+        },
+    );
+    assert!(
+        endpoint.is_some_and(|e| e.is_ipv6()),
+        "roamed: {endpoint:?}"
+    );
+    assert!(dropped >= 20, "{dropped} of {numbered} dropped");
+    assert_eq!(at_b.receive.lost, dropped, "{at_b:?}");
+    assert_eq!(at_b.receive.packets, numbered - dropped);
+}

@@ -23,10 +23,6 @@ use crate::snapshot::{Endpoint, PathCounts, PathDirection, PathSample};
 /// How long after a session's last message a gap in its window still counts as
 /// "maybe late": reordering on real paths is a matter of milliseconds.
 pub(super) const SETTLE: Duration = Duration::from_secs(1);
-/// After the last drain with traffic the slots are scanned for this long beyond
-/// [`SETTLE`] (so that the last gaps are counted once settled), then not at all until
-/// traffic returns: an idle agent reads no slots.
-pub(super) const QUIET_SCANS: Duration = Duration::from_secs(2);
 /// Reads of a slot caught mid-update before it is left for the next scan.
 const READ_TRIES: usize = 64;
 
@@ -177,13 +173,15 @@ impl Paths {
         if traffic {
             self.last_traffic_ns = Some(now_ns);
         }
-        // Nothing was written since the last scan that found everything settled.
+        // Nothing was written since the scan that found everything settled.
         let Some(last) = self.last_traffic_ns else {
             return Ok(Vec::new());
         };
-        if now_ns.saturating_sub(last) > (SETTLE + QUIET_SCANS).as_nanos() as u64 {
+        // Every message came before the drain that last saw traffic (a later one
+        // would show as traffic now): a scan SETTLE after it finds every gap settled,
+        // and is the last until traffic returns, whatever the drain interval.
+        if !traffic && now_ns.saturating_sub(last) >= SETTLE.as_nanos() as u64 {
             self.last_traffic_ns = None;
-            return Ok(Vec::new());
         }
         let (entries, complete) = self.entries().map_err(|source| DrainError::Read {
             map: MAP_PATHS,
