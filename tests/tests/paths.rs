@@ -191,7 +191,7 @@ fn loss_equals_the_nftables_drops_on_both_ends_and_a_direct_path_times_under_5_m
     require_root_and_tools();
     let pair = WgPair::new(Underlay::V4);
     let agent_a = agent(&pair.a, &pair.link.a.name, &pair.wg_a.name);
-    let agent_b = agent(&pair.b, &pair.link.b.name, &pair.wg_b.name);
+    let mut agent_b = agent(&pair.b, &pair.link.b.name, &pair.wg_b.name);
     let dropper = Dropper::install(&pair.a, pair.wg_b.port);
 
     ping(&pair.a, pair.tunnel_addr_b(false), 300);
@@ -238,6 +238,13 @@ fn loss_equals_the_nftables_drops_on_both_ends_and_a_direct_path_times_under_5_m
         )),
         "the metric carries the figure"
     );
+    // 10% lost over the alert window, well past the 2% default and the minimum count.
+    let alert = agent_b.next_matching("alert.path_loss", Duration::from_secs(5), |e| {
+        e.kind() == "alert.path_loss"
+    });
+    assert_eq!(alert.payload["Subject"], pair.wg_a.keys.public.as_str());
+    let lost = alert.payload["Evidence"]["Lost"].as_u64().unwrap();
+    assert!(lost > 0 && lost <= dropped, "{}", alert.payload);
     drop(agent_a);
     drop(agent_b);
 }
@@ -252,7 +259,7 @@ fn through_a_delaying_reordering_relay_every_figure_meets_its_oracle() {
         drop_every: None,
     });
     let agent_a = agent(&net.a, &net.link_ar.a.name, &net.wg_a.name);
-    let agent_b = agent(&net.b, &net.link_rb.b.name, &net.wg_b.name);
+    let mut agent_b = agent(&net.b, &net.link_rb.b.name, &net.wg_b.name);
     let capture_b = Capture::start(
         &net.b,
         &net.link_rb.b.name,
@@ -346,6 +353,17 @@ fn through_a_delaying_reordering_relay_every_figure_meets_its_oracle() {
         responder >= 2 * delay && responder <= responder_bound,
         "responder {responder:?} not in [{:?}, {responder_bound:?}]",
         2 * delay
+    );
+    // The handshake feed carries the same round trip.
+    let feed = agent_b.next_matching("peer_metric.handshake", Duration::from_secs(5), |e| {
+        e.kind() == "peer_metric.handshake"
+    });
+    let reported = feed.payload["Handshake"]["RoundTripSeconds"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (reported - responder.as_secs_f64()).abs() < 1e-9,
+        "{reported} vs {responder:?}"
     );
     drop(agent_a);
     drop(agent_b);
