@@ -282,6 +282,11 @@ fn the_dashboard_uses_only_metrics_the_agent_exports() {
     let panels = dashboard["panels"].as_array().unwrap();
     assert!(panels.len() >= 10);
     for panel in panels {
+        if panel["type"] == "row" {
+            // A row only groups the panels below it: no query of its own.
+            assert!(panel["title"].is_string());
+            continue;
+        }
         assert_eq!(
             panel["datasource"]["uid"], "${datasource}",
             "no hard-coded datasource"

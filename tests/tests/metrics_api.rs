@@ -262,6 +262,9 @@ fn every_dashboard_query_runs_on_prometheus_and_peer_legends_carry_names() {
     .unwrap();
     let mut per_peer = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["type"] == "row" {
+            continue;
+        }
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"]
                 .as_str()
