@@ -26,6 +26,9 @@ pub const MAP_WG_OFFSETS: &str = "WG_OFFSETS";
 /// Name of the array of per-session transport counters ([`PathState`] slots, two-way
 /// set-associative by session index; userspace maps it read-only).
 pub const MAP_PATHS: &str = "PATHS";
+/// Name of the array of `u64` words, one bit per [`MAP_PATHS`] slot, that the datapath
+/// sets when it writes the slot and userspace clears when it has read it (mapped).
+pub const MAP_PATH_DIRTY: &str = "PATH_DIRTY";
 /// Name of the global (`.rodata`) holding the slot mask of [`MAP_PATHS`] (slots - 1).
 pub const GLOBAL_PATH_SLOT_MASK: &str = "PATH_SLOT_MASK";
 /// Default number of path slots (a power of two; userspace sizes it from `max_peers`).

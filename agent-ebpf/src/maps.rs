@@ -33,6 +33,14 @@ pub(crate) static SESSIONS: LruHashMap<SessionKey, SessionState> =
 pub(crate) static PATHS: Array<PathState> =
     Array::with_max_entries(DEFAULT_PATH_SLOTS, BPF_F_MMAPABLE);
 
+/// One bit per `PATHS` slot, set when the slot is written, cleared by userspace once
+/// read: a drain reads only the slots that moved. The bit is set with a plain
+/// read-modify-write (two CPUs setting bits of one word at once can lose one; a
+/// periodic full scan by userspace catches it).
+#[map]
+pub(crate) static PATH_DIRTY: Array<u64> =
+    Array::with_max_entries(DEFAULT_PATH_SLOTS / 64, BPF_F_MMAPABLE);
+
 /// `PATHS` slots - 1 (a power of two minus one), set by userspace before loading.
 #[no_mangle]
 pub(crate) static PATH_SLOT_MASK: u32 = DEFAULT_PATH_SLOTS - 1;

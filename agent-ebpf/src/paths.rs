@@ -78,15 +78,17 @@ pub(crate) fn track_path<const INGRESS: bool>(
         return;
     };
     let (a, b) = unsafe { (&mut *a, &mut *b) };
-    let state = if same_owner(&a.owner, &owner) {
-        a
+    let (state, slot) = if same_owner(&a.owner, &owner) {
+        (a, first_way)
     } else if same_owner(&b.owner, &owner) {
-        b
+        (b, first_way ^ 1)
     } else if free(a, now) {
         start(a, &owner, endpoint, counter, segments, now);
+        mark(first_way);
         return;
     } else if free(b, now) {
         start(b, &owner, endpoint, counter, segments, now);
+        mark(first_way ^ 1);
         return;
     } else {
         bump_global(|g| g.path_collisions += 1);
@@ -98,6 +100,23 @@ pub(crate) fn track_path<const INGRESS: bool>(
     update(state, endpoint, counter, segments, now);
     compiler_fence(Ordering::SeqCst);
     state.seq_end = seq;
+    mark(slot);
+}
+
+/// Sets the slot's dirty bit (read first: the word is written only when the bit is
+/// new, so a busy session costs a read of a cached word).
+#[inline(always)]
+fn mark(slot: u32) {
+    let Some(word) = PATH_DIRTY.get_ptr_mut(slot >> 6) else {
+        return;
+    };
+    let bit = 1u64 << (slot & 63);
+    // SAFETY: an array slot; see PATH_DIRTY on concurrent writers.
+    unsafe {
+        if *word & bit == 0 {
+            *word |= bit;
+        }
+    }
 }
 
 #[inline(always)]

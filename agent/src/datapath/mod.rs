@@ -150,6 +150,7 @@ impl Datapath {
             .map_max_entries(agent_common::MAP_ENDPOINTS, options.max_peers)
             .map_max_entries(agent_common::MAP_WG_PEERS, wg_peers_capacity)
             .map_max_entries(agent_common::MAP_PATHS, path_slots)
+            .map_max_entries(agent_common::MAP_PATH_DIRTY, path_slots / 64)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if crate::privileges::is_denied(&e) {

@@ -113,6 +113,7 @@ impl Drain {
             RingBuf::try_from(datapath.take_map(MAP_EVENTS)?).map_err(|e| open(MAP_EVENTS, e))?;
         let paths = paths::Paths::new(
             datapath.take_map(MAP_PATHS)?,
+            datapath.take_map(agent_common::MAP_PATH_DIRTY)?,
             crate::datapath::path_slots(capacity),
         )
         .map_err(|e| open(MAP_PATHS, e))?;

@@ -23,6 +23,10 @@ use crate::snapshot::{Endpoint, PathCounts, PathDirection, PathSample};
 /// How long after a session's last message a gap in its window still counts as
 /// "maybe late": reordering on real paths is a matter of milliseconds.
 pub(super) const SETTLE: Duration = Duration::from_secs(1);
+/// Every slot is read this often while traffic moves (between, only the slots the
+/// dirty bits name): it catches a dirty bit lost to two CPUs setting bits of one word
+/// at once, and tells which sessions left their slots.
+pub(super) const FULL_SCAN: Duration = Duration::from_secs(30);
 /// Reads of a slot caught mid-update before it is left for the next scan.
 const READ_TRIES: usize = 64;
 
@@ -41,6 +45,13 @@ pub(super) struct Paths {
     slots: u32,
     /// The array mapped read-only (`None`: read with batched lookups instead).
     mapped: Option<Mapped>,
+    /// The dirty bits mapped read-write (`None`: every scan reads every slot).
+    dirty: Option<DirtyBits>,
+    /// Slots to read again at the next scan: gaps still settling, or caught
+    /// mid-update.
+    unsettled: Vec<u32>,
+    /// Monotonic ns of the last scan of every slot (`None`: none yet).
+    last_full_ns: Option<u64>,
     keys: Vec<u32>,
     values: Vec<u8>,
     reported: FastMap<PathKey, Reported>,
@@ -111,6 +122,84 @@ impl Mapped {
     }
 }
 
+/// The dirty bits: one per slot, set by the datapath, taken (swapped to zero) here.
+struct DirtyBits {
+    base: *mut u64,
+    words: usize,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value and touched only through atomics.
+unsafe impl Send for DirtyBits {}
+
+impl Drop for DirtyBits {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` come from a successful mmap of this length.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+impl DirtyBits {
+    fn new(fd: std::os::fd::RawFd, words: usize) -> std::io::Result<Self> {
+        let len = (words * 8).next_multiple_of(4096);
+        // SAFETY: mapping a BPF_F_MMAPABLE array read-write and shared.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            base: base as *mut u64,
+            words,
+            len,
+        })
+    }
+
+    /// Takes every set bit (clearing it): the slots written since the last take.
+    fn take(&self, out: &mut Vec<u32>) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        for w in 0..self.words {
+            // SAFETY: `w` is within the mapping; the word is only accessed atomically
+            // here (the datapath's plain read-modify-write may re-set a bit, which
+            // only causes one more read).
+            let word = unsafe { AtomicU64::from_ptr(self.base.add(w)) };
+            if word.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut bits = word.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                out.push((w * 64) as u32 + bit);
+                bits &= bits - 1;
+            }
+        }
+    }
+
+    /// Clears every bit (before a scan of every slot).
+    fn clear(&self) {
+        let mut ignored = Vec::new();
+        self.take(&mut ignored);
+    }
+}
+
+/// What reading one slot gave.
+enum SlotRead {
+    /// Never used.
+    Free,
+    /// Written while it was read (even after retries).
+    Busy,
+    /// A consistent copy.
+    State(PathState),
+}
+
 /// A session's running figures now, from its slot at monotonic time `now_ns`.
 pub(super) fn figures(state: &PathState, now_ns: u64) -> PathCounts {
     let expected = state.highest.saturating_sub(state.first) + 1;
@@ -139,7 +228,11 @@ pub(super) fn figures(state: &PathState, now_ns: u64) -> PathCounts {
 }
 
 impl Paths {
-    pub(super) fn new(map: aya::maps::Map, slots: u32) -> Result<Self, aya::maps::MapError> {
+    pub(super) fn new(
+        map: aya::maps::Map,
+        dirty: aya::maps::Map,
+        slots: u32,
+    ) -> Result<Self, aya::maps::MapError> {
         let aya::maps::Map::Array(map) = map else {
             return Err(aya::maps::MapError::InvalidName {
                 name: MAP_PATHS.into(),
@@ -152,10 +245,25 @@ impl Paths {
                 None
             }
         };
+        let dirty = match dirty {
+            aya::maps::Map::Array(dirty) => {
+                match DirtyBits::new(dirty.fd().as_fd().as_raw_fd(), (slots / 64) as usize) {
+                    Ok(bits) => Some(bits),
+                    Err(err) => {
+                        tracing::info!("the path dirty bits cannot be mapped ({err}): every scan reads every slot");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Ok(Self {
             map,
             slots,
             mapped,
+            dirty,
+            unsettled: Vec::new(),
+            last_full_ns: None,
             keys: Vec::new(),
             values: Vec::new(),
             reported: FastMap::default(),
@@ -183,13 +291,17 @@ impl Paths {
         if !traffic && now_ns.saturating_sub(last) >= SETTLE.as_nanos() as u64 {
             self.last_traffic_ns = None;
         }
-        let (entries, complete) = self.entries().map_err(|source| DrainError::Read {
+        let (entries, complete) = self.entries(now_ns).map_err(|source| DrainError::Read {
             map: MAP_PATHS,
             source,
         })?;
         let mut samples = Vec::new();
         let mut present = FastMap::default();
-        for state in &entries {
+        for (slot, state) in &entries {
+            if now_ns.saturating_sub(state.updated_ns) < SETTLE.as_nanos() as u64 {
+                // Its gaps may still be late: read it again until they settle.
+                self.unsettled.push(*slot);
+            }
             let key = state.owner;
             present.insert(key, ());
             let now = figures(state, now_ns);
@@ -220,59 +332,65 @@ impl Paths {
                 });
             }
         }
-        // Sessions whose slot went to another: their last figures were reported. A
-        // scan that could not read every slot whole forgets nothing (the session
-        // of the unread slot would be counted again from zero).
+        // Sessions whose slot went to another: their last figures were reported. Only
+        // a scan of every slot that read each whole can tell (the session of an
+        // unread slot would be counted again from zero).
         if complete {
             self.reported.retain(|key, _| present.contains_key(key));
         }
         Ok(samples)
     }
 
-    /// Every occupied slot, and whether each was read whole.
-    fn entries(&mut self) -> std::io::Result<(Vec<PathState>, bool)> {
-        let mut out = Vec::with_capacity(self.reported.len());
-        let mut complete = true;
-        if let Some(mapped) = &self.mapped {
-            for i in 0..self.slots as usize {
-                // An update takes nanoseconds: a few tries see it finished.
-                let mut copy = None;
-                for _ in 0..READ_TRIES {
-                    copy = mapped.read(i);
-                    if copy.is_some() {
-                        break;
-                    }
-                    // A free slot reads as None at once: no retry needed.
-                    // SAFETY: as in `Mapped::read`.
-                    let end = unsafe {
-                        std::ptr::read_volatile(std::ptr::addr_of!((*mapped.base.add(i)).seq_end))
-                    };
-                    if end == 0 {
-                        break;
-                    }
-                    std::hint::spin_loop();
+    /// The slots to read now with what they hold, and whether this was a scan of
+    /// every slot that read each whole. Between full scans (every [`FULL_SCAN`],
+    /// and always without the dirty bits) only the slots written since the last
+    /// read and those still settling are read.
+    fn entries(&mut self, now_ns: u64) -> std::io::Result<(Vec<(u32, PathState)>, bool)> {
+        let Some(mapped) = &self.mapped else {
+            return self.entries_batched();
+        };
+        let full = self.dirty.is_none()
+            || self
+                .last_full_ns
+                .is_none_or(|at| now_ns.saturating_sub(at) >= FULL_SCAN.as_nanos() as u64);
+        let mut wanted = std::mem::take(&mut self.unsettled);
+        if full {
+            if let Some(dirty) = &self.dirty {
+                dirty.clear();
+            }
+            self.last_full_ns = Some(now_ns);
+            wanted = (0..self.slots).collect();
+        } else if let Some(dirty) = &self.dirty {
+            dirty.take(&mut wanted);
+            wanted.sort_unstable();
+            wanted.dedup();
+        }
+        let mut out = Vec::with_capacity(wanted.len().min(self.slots as usize));
+        let mut complete = full;
+        for slot in wanted {
+            match read_slot(mapped, slot as usize) {
+                SlotRead::Free => {}
+                SlotRead::Busy => {
+                    complete = false;
+                    self.unsettled.push(slot);
                 }
-                match copy {
-                    Some(state) if state.packets > 0 || state.jumps > 0 => out.push(state),
-                    Some(_) => {}
-                    None => {
-                        // SAFETY: as in `Mapped::read`.
-                        let end = unsafe {
-                            std::ptr::read_volatile(std::ptr::addr_of!(
-                                (*mapped.base.add(i)).seq_end
-                            ))
-                        };
-                        if end != 0 {
-                            complete = false;
-                        }
+                SlotRead::State(state) => {
+                    if state.packets > 0 || state.jumps > 0 {
+                        out.push((slot, state));
                     }
                 }
             }
-            return Ok((out, complete));
         }
+        Ok((out, complete))
+    }
+
+    /// Every slot through batched lookups (no mapping: kernels before 5.5).
+    fn entries_batched(&mut self) -> std::io::Result<(Vec<(u32, PathState)>, bool)> {
+        let mut out = Vec::with_capacity(self.reported.len());
+        let mut complete = true;
         let fd = self.map.fd().as_fd().as_raw_fd();
         let size = std::mem::size_of::<PathState>();
-        lookup_batch(fd, size, &mut self.keys, &mut self.values, |_, value| {
+        lookup_batch(fd, size, &mut self.keys, &mut self.values, |slot, value| {
             // SAFETY: the kernel wrote a value of this Pod type here.
             let state: PathState =
                 unsafe { std::ptr::read_unaligned(value.as_ptr() as *const PathState) };
@@ -282,11 +400,29 @@ impl Paths {
             if state.seq_begin != state.seq_end {
                 complete = false;
             } else if state.packets > 0 || state.jumps > 0 {
-                out.push(state);
+                out.push((*slot, state));
             }
         })?;
         Ok((out, complete))
     }
+}
+
+/// Reads one slot, retrying while an update is under way.
+fn read_slot(mapped: &Mapped, slot: usize) -> SlotRead {
+    for _ in 0..READ_TRIES {
+        if let Some(state) = mapped.read(slot) {
+            return SlotRead::State(state);
+        }
+        // SAFETY: as in `Mapped::read`.
+        let end = unsafe {
+            std::ptr::read_volatile(std::ptr::addr_of!((*mapped.base.add(slot)).seq_end))
+        };
+        if end == 0 {
+            return SlotRead::Free;
+        }
+        std::hint::spin_loop();
+    }
+    SlotRead::Busy
 }
 
 #[cfg(test)]
