@@ -280,7 +280,8 @@ pub fn binary() -> String {
 }
 
 /// An HTTP request made from inside `ns` (the agent's listener is on the namespace's
-/// loopback) with Python's urllib; returns the status and the body.
+/// loopback) with Python's urllib; returns the status and the body (status 0 when
+/// nothing accepts the connection).
 pub fn http(ns: &NetNs, method: &str, url: &str, token: Option<&str>) -> (u16, String) {
     let script = r#"
 import sys, urllib.request, urllib.error
@@ -293,6 +294,10 @@ try:
         status, body = response.status, response.read()
 except urllib.error.HTTPError as e:
     status, body = e.code, e.read()
+except urllib.error.URLError as e:
+    # Nobody listening (yet): status 0, so that a caller waiting for a server to
+    # come up can poll instead of failing.
+    status, body = 0, str(e.reason).encode()
 sys.stdout.write(str(status) + "\n" + body.decode())
 "#;
     let out = ns.run(&["python3", "-c", script, method, url, token.unwrap_or("")]);

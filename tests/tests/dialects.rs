@@ -27,8 +27,10 @@ struct Record {
 }
 
 fn records(log: &std::path::Path) -> Vec<Record> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    // The receiver may be writing a line right now: only whole lines count.
+    let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    whole
         .lines()
         .map(|line| {
             let v: Value = serde_json::from_str(line).unwrap();

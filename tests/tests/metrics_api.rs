@@ -44,6 +44,10 @@ fn json(body: &str) -> serde_json::Value {
 fn query(pair: &WgPair, prometheus: &str, promql: &str) -> Option<f64> {
     let url = format!("http://{prometheus}/api/v1/query?query={}", percent(promql));
     let (status, body) = http(&pair.b, "GET", &url, None);
+    if status == 0 {
+        // Prometheus is not listening yet.
+        return None;
+    }
     assert_eq!(status, 200, "{body}");
     let value = json(&body);
     let result = value["data"]["result"].as_array()?.first()?.clone();
