@@ -60,33 +60,33 @@ pub(super) struct Paths {
     last_traffic_ns: Option<u64>,
 }
 
-/// A read-only shared mapping of the path array.
-struct Mapped {
-    base: *const PathState,
+/// A shared mapping of a `BPF_F_MMAPABLE` array, unmapped on drop.
+struct SharedMapping {
+    base: *mut libc::c_void,
     len: usize,
 }
 
-// SAFETY: the mapping is read-only memory owned by this value; it is only read.
-unsafe impl Send for Mapped {}
+// SAFETY: the mapping is owned by this value; its users read it with volatile or
+// atomic accesses only.
+unsafe impl Send for SharedMapping {}
 
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` come from a successful mmap of this length.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
-    }
-}
-
-impl Mapped {
-    fn new(fd: std::os::fd::RawFd, slots: u32) -> std::io::Result<Self> {
-        let page = 4096usize;
-        let len = (slots as usize * std::mem::size_of::<PathState>()).next_multiple_of(page);
-        // SAFETY: mapping a BPF_F_MMAPABLE array read-only and shared; the kernel
-        // checks the length against the map.
+impl SharedMapping {
+    /// Maps `bytes` of the array behind `fd` (rounded up to pages), shared, read-only
+    /// or read-write.
+    fn new(fd: std::os::fd::RawFd, bytes: usize, writable: bool) -> std::io::Result<Self> {
+        let len = bytes.next_multiple_of(4096);
+        let protection = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: mapping a BPF_F_MMAPABLE array shared; the kernel checks the length
+        // against the map (and refuses a writable mapping of a frozen one).
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                protection,
                 libc::MAP_SHARED,
                 fd,
                 0,
@@ -95,9 +95,33 @@ impl Mapped {
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
+        Ok(Self { base, len })
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` come from a successful mmap of this length.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// The path array, mapped read-only.
+struct Mapped {
+    base: *const PathState,
+    _mapping: SharedMapping,
+}
+
+// SAFETY: as for `SharedMapping`: the memory is owned here and only read.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    fn new(fd: std::os::fd::RawFd, slots: u32) -> std::io::Result<Self> {
+        let mapping =
+            SharedMapping::new(fd, slots as usize * std::mem::size_of::<PathState>(), false)?;
         Ok(Self {
-            base: base as *const PathState,
-            len,
+            base: mapping.base as *const PathState,
+            _mapping: mapping,
         })
     }
 
@@ -126,40 +150,19 @@ impl Mapped {
 struct DirtyBits {
     base: *mut u64,
     words: usize,
-    len: usize,
+    _mapping: SharedMapping,
 }
 
-// SAFETY: the mapping is owned by this value and touched only through atomics.
+// SAFETY: as for `SharedMapping`: the words are touched only through atomics.
 unsafe impl Send for DirtyBits {}
-
-impl Drop for DirtyBits {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` come from a successful mmap of this length.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
-    }
-}
 
 impl DirtyBits {
     fn new(fd: std::os::fd::RawFd, words: usize) -> std::io::Result<Self> {
-        let len = (words * 8).next_multiple_of(4096);
-        // SAFETY: mapping a BPF_F_MMAPABLE array read-write and shared.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        let mapping = SharedMapping::new(fd, words * 8, true)?;
         Ok(Self {
-            base: base as *mut u64,
+            base: mapping.base as *mut u64,
             words,
-            len,
+            _mapping: mapping,
         })
     }
 
