@@ -170,6 +170,9 @@ fn one_server_every_event_once_in_peer_order_read_by_nats_py() {
     );
     let agent = AgentProcess::start(&pair.b, &config);
     agent.await_line("NATS target bus: ready to publish", Duration::from_secs(30));
+    // The handshake must cross attached classifiers for the feed to report it (the
+    // device read alone would still connect the peer, without a handshake event).
+    agent.await_line("datapath attached", Duration::from_secs(30));
     // A connect (with its handshake), peers added and removed, a disconnect.
     traffic::ping(&pair.a, pair.tunnel_addr_b(false), 3);
     churn(&pair, &agent, 10, 1);
