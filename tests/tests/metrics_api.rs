@@ -44,8 +44,9 @@ fn json(body: &str) -> serde_json::Value {
 fn query(pair: &WgPair, prometheus: &str, promql: &str) -> Option<f64> {
     let url = format!("http://{prometheus}/api/v1/query?query={}", percent(promql));
     let (status, body) = http(&pair.b, "GET", &url, None);
-    if status == 0 {
-        // Prometheus is not listening yet.
+    if status == 0 || status == 503 {
+        // Prometheus is not listening yet, or not ready (it answers 503 while it
+        // starts).
         return None;
     }
     assert_eq!(status, 200, "{body}");
