@@ -91,21 +91,34 @@ fn response_received(endpoint: &EndpointKey, remote_index: u32, local_index: u32
     // which userspace de-duplicates by (device, local index).
     let session = unsafe { &mut *session };
     if session.state == SESSION_INITIATION_SENT {
-        session.state = SESSION_ESTABLISHED;
         session.remote_index = remote_index;
-        session.endpoint = *endpoint;
-        session.updated_ns = now;
-        emit(
-            EVENT_HANDSHAKE_COMPLETE,
-            ROLE_INITIATOR,
-            now,
-            local_index,
-            remote_index,
-            endpoint,
-            None,
-            round_trip(session.sent_ns),
-        );
+        complete(session, ROLE_INITIATOR, endpoint, local_index, now);
     }
+}
+
+/// Marks a session established from `endpoint` and reports the completed handshake
+/// with its round trip.
+#[inline(always)]
+fn complete(
+    session: &mut SessionState,
+    role: u32,
+    endpoint: &EndpointKey,
+    local_index: u32,
+    now: u64,
+) {
+    session.state = SESSION_ESTABLISHED;
+    session.endpoint = *endpoint;
+    session.updated_ns = now;
+    emit(
+        EVENT_HANDSHAKE_COMPLETE,
+        role,
+        now,
+        local_index,
+        session.remote_index,
+        endpoint,
+        None,
+        round_trip(session.sent_ns),
+    );
 }
 
 /// Data on our index: the first after our response completes the handshake (we are
@@ -130,19 +143,7 @@ fn data_received(endpoint: &EndpointKey, local_index: u32, now: u64, fresh_endpo
     // SAFETY: as in `response_received`.
     let session = unsafe { &mut *session };
     if session.state == SESSION_RESPONSE_SENT {
-        session.state = SESSION_ESTABLISHED;
-        session.endpoint = *endpoint;
-        session.updated_ns = now;
-        emit(
-            EVENT_HANDSHAKE_COMPLETE,
-            ROLE_RESPONDER,
-            now,
-            local_index,
-            session.remote_index,
-            endpoint,
-            None,
-            round_trip(session.sent_ns),
-        );
+        complete(session, ROLE_RESPONDER, endpoint, local_index, now);
     } else if session.state == SESSION_ESTABLISHED && !same_endpoint(&session.endpoint, endpoint) {
         let previous = session.endpoint;
         session.endpoint = *endpoint;
