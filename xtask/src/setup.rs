@@ -72,12 +72,19 @@ fn apt() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("setup: installing {}", missing.join(" "));
-    // SAFETY of the environment: noninteractive so tshark's debconf question does not block.
-    std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
     cmd::run("apt-get", &["update", "-q"])?;
+    apt_install(&missing)
+}
+
+/// `apt-get install`s `packages` without questions (tshark's debconf one would
+/// block), then empties apt's download cache: the .deb files are hundreds of MB that
+/// nothing reads again, on machines whose disk has run out during a build.
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-    args.extend(missing);
-    cmd::run("apt-get", &args)
+    args.extend(packages);
+    cmd::run("apt-get", &args)?;
+    cmd::run("apt-get", &["clean"])
 }
 
 /// `kubectl kustomize` renders the Kubernetes manifests in the deploy test. These
@@ -88,17 +95,7 @@ fn kubectl() -> anyhow::Result<()> {
         println!("setup: kubectl already installed");
         return Ok(());
     }
-    std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
-    cmd::run(
-        "apt-get",
-        &[
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "kubernetes-client",
-        ],
-    )
+    apt_install(&["kubernetes-client"])
 }
 
 fn rust_src() -> anyhow::Result<()> {
@@ -201,6 +198,7 @@ fn python_tools() -> anyhow::Result<()> {
             "pip",
             "install",
             "-q",
+            "--no-cache-dir",
             "--disable-pip-version-check",
             "-r",
             &path,

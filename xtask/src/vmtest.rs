@@ -365,18 +365,14 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Builds (once) the kernel's vmlinux and base initramfs; returns their paths.
+///
+/// The unpacked package (400 to 500 MB of modules) is removed once both exist: the
+/// kernel release is kept in `release` beside them, so later runs need neither the
+/// package nor the disk it takes.
 fn prepare(kernel: &Kernel) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     let package = resolve(kernel.meta)?;
-    let root = unpack(&package)?;
-    let busybox = unpack("busybox-static")?.join("bin/busybox");
-    let kv = std::fs::read_dir(root.join("lib/modules"))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .next()
-        .context("no modules directory")?;
     let dir = cache().join(&package);
     let image = dir.join("vmlinux");
-    vmlinux(&root.join(format!("boot/vmlinuz-{kv}")), &image)?;
     // Named by a hash of the init script: a changed init rebuilds the base archive.
     let init_hash = {
         use std::hash::{Hash as _, Hasher as _};
@@ -385,6 +381,20 @@ fn prepare(kernel: &Kernel) -> anyhow::Result<(PathBuf, PathBuf, String)> {
         hasher.finish()
     };
     let base = dir.join(format!("base-{init_hash:016x}.cpio"));
+    let release_file = dir.join("release");
+    if image.exists() && base.exists() {
+        if let Ok(kv) = std::fs::read_to_string(&release_file) {
+            return Ok((image, base, kv.trim().to_owned()));
+        }
+    }
+    let root = unpack(&package)?;
+    let busybox = unpack("busybox-static")?.join("bin/busybox");
+    let kv = std::fs::read_dir(root.join("lib/modules"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .context("no modules directory")?;
+    vmlinux(&root.join(format!("boot/vmlinuz-{kv}")), &image)?;
     if !base.exists() {
         let modules = module_closure(&root, &kv, &busybox)?;
         let mut cpio = Cpio::default();
@@ -417,6 +427,8 @@ fn prepare(kernel: &Kernel) -> anyhow::Result<(PathBuf, PathBuf, String)> {
         cpio.file("init", 0o755, init_script(&names).as_bytes());
         std::fs::write(&base, cpio.finish())?;
     }
+    std::fs::write(&release_file, &kv)?;
+    std::fs::remove_dir_all(&root).with_context(|| format!("removing the unpacked {package}"))?;
     Ok((image, base, kv))
 }
 
@@ -579,17 +591,7 @@ fn boot_until_tests_ran(kernel: &Kernel, tests: &[u8]) -> anyhow::Result<i32> {
 pub fn run(which: &str) -> anyhow::Result<()> {
     if cmd::output("qemu-system-x86_64", &["--version"]).is_none() {
         println!("vmtest: installing qemu-system-x86");
-        std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
-        cmd::run(
-            "apt-get",
-            &[
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "qemu-system-x86",
-            ],
-        )?;
+        crate::setup::apt_install(&["qemu-system-x86"])?;
     }
     let kernels: Vec<&Kernel> = KERNELS
         .iter()
