@@ -6,8 +6,20 @@
 //! byte for byte. With the `user` feature each type also implements `aya::Pod`.
 #![no_std]
 
-/// Name of the per-CPU hash map of per-endpoint counters ([`EndpointKey`] -> [`EndpointStats`]).
+/// Name of the per-CPU hash map of per-endpoint counters ([`EndpointKey`] -> [`EndpointEntry`]).
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+/// Name of the ring buffer of [`EndpointKey`] records: an endpoint whose counters
+/// moved, written once per CPU per drain epoch, so that a drain reads only those.
+pub const MAP_ENDPOINT_CHANGES: &str = "ENDPOINT_CHANGES";
+/// Name of the array (one `u64`) holding the drain epoch userspace sets before each
+/// drain; an endpoint announces itself in [`MAP_ENDPOINT_CHANGES`] the first time it
+/// moves in an epoch.
+pub const MAP_DRAIN_EPOCH: &str = "DRAIN_EPOCH";
+/// Size in bytes of the endpoint-change ring buffer: 16384 records of 32 bytes (the
+/// key and the record header). More changes than that between two drains and the
+/// rest are counted in [`GlobalStats::changes_lost`]; the drain then reads the whole
+/// map, which is the cheaper read at that many changes anyway.
+pub const ENDPOINT_CHANGES_RING_BYTES: u32 = 512 * 1024;
 /// Name of the array map indexed by local UDP port; value is a device id + 1 (0: not a WireGuard port).
 pub const MAP_PORTS: &str = "PORTS";
 /// Name of the LRU hash of WireGuard session indices ([`SessionKey`] -> [`SessionState`]).
@@ -176,6 +188,17 @@ pub struct EndpointStats {
     pub socket_drop_bytes: u64,
 }
 
+/// Per-CPU value of the endpoint map: the counters and the drain epoch in which this
+/// CPU's copy last announced the endpoint in [`MAP_ENDPOINT_CHANGES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointEntry {
+    /// The counters.
+    pub stats: EndpointStats,
+    /// The [`MAP_DRAIN_EPOCH`] value when this copy was last announced (0: never).
+    pub announced_epoch: u64,
+}
+
 /// Datapath-wide counters (one per-CPU entry).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -199,6 +222,9 @@ pub struct GlobalStats {
     /// Sessions whose transport counters were not followed: both path slots of their
     /// index were held by busy sessions.
     pub path_collisions: u64,
+    /// Endpoint-change records that did not fit in the full ring buffer (the next
+    /// drain reads the whole endpoint map).
+    pub changes_lost: u64,
 }
 
 /// Key of the session-index map: a local WireGuard session index of one device.
@@ -431,6 +457,8 @@ mod pod {
     unsafe impl aya::Pod for EndpointKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EndpointStats {}
+    // SAFETY: repr(C), integers only, no padding.
+    unsafe impl aya::Pod for EndpointEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for GlobalStats {}
     // SAFETY: as above.
@@ -463,6 +491,7 @@ mod tests {
         assert_eq!(size_of::<MessageCounts>(), 32);
         assert_eq!(size_of::<DirectionStats>(), 4 * 8 + 32 + 16);
         assert_eq!(size_of::<EndpointStats>(), 2 * 80 + 16);
+        assert_eq!(size_of::<EndpointEntry>(), 2 * 80 + 16 + 8);
         assert_eq!(size_of::<SessionKey>(), 8);
         assert_eq!(size_of::<SessionState>(), 24 + 4 + 4 + 8 + 8);
         assert_eq!(size_of::<SessionEvent>(), 4 + 4 + 8 + 4 + 4 + 24 + 24 + 8);

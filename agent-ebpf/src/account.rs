@@ -5,7 +5,7 @@ use crate::maps::*;
 use crate::parse::*;
 use crate::paths::*;
 use crate::sessions::*;
-use agent_common::{message, EndpointKey, EndpointStats, GlobalStats};
+use agent_common::{message, EndpointEntry, EndpointKey, GlobalStats};
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use aya_log_ebpf::warn;
 
@@ -70,19 +70,20 @@ pub(crate) fn account<const INGRESS: bool, const PATHS: bool>(
     // times, and it costs a fraction of a precise clock read on every packet.
     // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let Some((stats, fresh)) = endpoint_stats(&key) else {
+    let Some((entry, fresh)) = endpoint_entry(&key) else {
         count_overflow(ctx, packets, payload);
         return Ok(());
     };
     // SAFETY: a per-CPU map value of this CPU; nothing else writes it concurrently.
-    let direction = unsafe {
-        if INGRESS {
-            &mut (*stats).rx
-        } else {
-            &mut (*stats).tx
-        }
+    let entry = unsafe { &mut *entry };
+    let direction = if INGRESS {
+        &mut entry.stats.rx
+    } else {
+        &mut entry.stats.tx
     };
-    if !count(direction, class, packets, payload, now) {
+    let counted = count(direction, class, packets, payload, now);
+    announce(&key, entry);
+    if !counted {
         return Ok(());
     }
     if PATHS && class == Class::Data {
@@ -162,17 +163,35 @@ fn count_overflow(ctx: &TcContext, packets: u64, payload: u32) {
     }
 }
 
-/// The endpoint's per-CPU counters, created on first sight (then `fresh` is true);
+/// The endpoint's per-CPU entry, created on first sight (then `fresh` is true);
 /// `None` when the map is full.
 #[inline(always)]
-pub(crate) fn endpoint_stats(key: &EndpointKey) -> Option<(*mut EndpointStats, bool)> {
-    if let Some(stats) = ENDPOINTS.get_ptr_mut(key) {
-        return Some((stats, false));
+pub(crate) fn endpoint_entry(key: &EndpointKey) -> Option<(*mut EndpointEntry, bool)> {
+    if let Some(entry) = ENDPOINTS.get_ptr_mut(key) {
+        return Some((entry, false));
     }
     // Another CPU may create the entry between the lookup and the insert (EEXIST):
     // either way, look it up again.
-    let _ = ENDPOINTS.insert(key, &ZERO_STATS, BPF_NOEXIST as u64);
-    ENDPOINTS.get_ptr_mut(key).map(|stats| (stats, true))
+    let _ = ENDPOINTS.insert(key, &ZERO_ENTRY, BPF_NOEXIST as u64);
+    ENDPOINTS.get_ptr_mut(key).map(|entry| (entry, true))
+}
+
+/// Tells userspace the endpoint moved, the first time this CPU's copy moves in the
+/// current drain epoch. Called after the counters were written: a drain sets the
+/// epoch before it reads the changes, so a write it misses was announced in its
+/// epoch and is read again by the next drain (userspace re-reads what it read).
+#[inline(always)]
+pub(crate) fn announce(key: &EndpointKey, entry: &mut EndpointEntry) {
+    let Some(&epoch) = DRAIN_EPOCH.get(0) else {
+        return;
+    };
+    if entry.announced_epoch == epoch {
+        return;
+    }
+    entry.announced_epoch = epoch;
+    if ENDPOINT_CHANGES.output::<EndpointKey>(key, 0).is_err() {
+        bump_global(|g| g.changes_lost += 1);
+    }
 }
 
 #[inline(always)]

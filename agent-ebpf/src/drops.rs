@@ -82,11 +82,12 @@ pub(crate) unsafe fn count_drop(ctx: &BtfTracePointContext) -> Result<(), i64> {
             addr,
         };
         let bytes = (u16::from_be_bytes([udp[4], udp[5]]) as u64).saturating_sub(UDP_HLEN as u64);
-        if let Some(stats) = ENDPOINTS.get_ptr_mut(&key) {
+        if let Some(entry) = ENDPOINTS.get_ptr_mut(&key) {
             // SAFETY: this CPU's slot of a per-CPU hash value.
-            let stats = unsafe { &mut *stats };
-            stats.socket_drops += 1;
-            stats.socket_drop_bytes += bytes;
+            let entry = unsafe { &mut *entry };
+            entry.stats.socket_drops += 1;
+            entry.stats.socket_drop_bytes += bytes;
+            announce(&key, entry);
             attributed = true;
         }
     }

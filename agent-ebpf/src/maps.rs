@@ -1,9 +1,9 @@
 //! The maps the programs share with userspace (names and sizes from `agent-common`).
 
 use agent_common::{
-    EndpointKey, EndpointStats, GlobalStats, KernelOffsets, PathState, SessionKey, SessionState,
-    DEFAULT_MAX_PEERS, DEFAULT_MAX_SESSIONS, DEFAULT_PATH_SLOTS, EVENTS_RING_BYTES, MAX_DEVICES,
-    PORT_MAP_ENTRIES,
+    EndpointEntry, EndpointKey, EndpointStats, GlobalStats, KernelOffsets, PathState, SessionKey,
+    SessionState, DEFAULT_MAX_PEERS, DEFAULT_MAX_SESSIONS, DEFAULT_PATH_SLOTS,
+    ENDPOINT_CHANGES_RING_BYTES, EVENTS_RING_BYTES, MAX_DEVICES, PORT_MAP_ENTRIES,
 };
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -13,8 +13,18 @@ use aya_ebpf::{
 
 /// Per-endpoint counters; userspace sets `max_entries` to `max_peers` before loading.
 #[map]
-pub(crate) static ENDPOINTS: PerCpuHashMap<EndpointKey, EndpointStats> =
+pub(crate) static ENDPOINTS: PerCpuHashMap<EndpointKey, EndpointEntry> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_PEERS, 0);
+
+/// Endpoints whose counters moved, once per CPU per drain epoch: a drain reads only
+/// those instead of the whole map.
+#[map]
+pub(crate) static ENDPOINT_CHANGES: RingBuf =
+    RingBuf::with_byte_size(ENDPOINT_CHANGES_RING_BYTES, 0);
+
+/// The drain epoch, set by userspace before each drain (0 until the first).
+#[map]
+pub(crate) static DRAIN_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Local UDP port -> device id + 1 (0: not a WireGuard port).
 #[map]
@@ -64,11 +74,14 @@ pub(crate) static LAST_RESPONSE: Array<u64> = Array::with_max_entries(MAX_DEVICE
 pub(crate) static OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
 
 /// A zeroed value to create new endpoint entries from (kept out of the 512-byte stack).
-pub(crate) static ZERO_STATS: EndpointStats = EndpointStats {
-    rx: ZERO_DIRECTION,
-    tx: ZERO_DIRECTION,
-    socket_drops: 0,
-    socket_drop_bytes: 0,
+pub(crate) static ZERO_ENTRY: EndpointEntry = EndpointEntry {
+    stats: EndpointStats {
+        rx: ZERO_DIRECTION,
+        tx: ZERO_DIRECTION,
+        socket_drops: 0,
+        socket_drop_bytes: 0,
+    },
+    announced_epoch: 0,
 };
 
 pub(crate) const ZERO_DIRECTION: agent_common::DirectionStats = agent_common::DirectionStats {

@@ -193,7 +193,9 @@ pub struct Snapshot {
     pub taken_at: Option<SystemTime>,
     /// How long reading the maps and computing deltas took.
     pub duration: Duration,
-    /// Every endpoint the datapath has seen (those with no change too).
+    /// The endpoints whose counters moved since the last drain, and those that left
+    /// the map since (once, with a zero delta). An endpoint that did not move is not
+    /// here: its totals are those of its last sample.
     pub endpoints: Vec<EndpointSample>,
     /// Entries in the endpoint map at drain time.
     pub map_entries: usize,

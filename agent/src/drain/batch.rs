@@ -1,10 +1,10 @@
-//! Reading the endpoint map in bulk: `BPF_MAP_LOOKUP_BATCH` (thousands of entries per
-//! system call, into buffers kept across drains), or key by key on kernels without
-//! batch operations.
+//! Reading the endpoint map: in bulk with `BPF_MAP_LOOKUP_BATCH` (thousands of entries
+//! per system call, into buffers kept across drains), entry by entry on kernels
+//! without batch operations, or only the keys the change ring named.
 
 use std::os::fd::{AsFd, AsRawFd};
 
-use agent_common::{EndpointKey, EndpointStats, MAP_ENDPOINTS};
+use agent_common::{EndpointEntry, EndpointKey, EndpointStats, MAP_ENDPOINTS};
 use aya::maps::IterableMap;
 
 use super::{Drain, DrainError, BATCH_ENTRIES};
@@ -13,7 +13,9 @@ use crate::snapshot::merge_stats;
 impl Drain {
     /// Reads every endpoint (summed over CPUs) with batched lookups, falling back to
     /// key-by-key iteration on kernels without batch operations.
-    pub fn read_endpoints(&mut self) -> Result<Vec<(EndpointKey, EndpointStats)>, DrainError> {
+    pub(super) fn read_endpoints(
+        &mut self,
+    ) -> Result<Vec<(EndpointKey, EndpointStats)>, DrainError> {
         if self.batch_supported {
             match self.read_endpoints_batched() {
                 Ok(entries) => return Ok(entries),
@@ -40,32 +42,83 @@ impl Drain {
         Ok(entries)
     }
 
+    /// Reads the given keys (summed over CPUs), one lookup each into a buffer kept
+    /// across drains; a key no longer in the map is left out.
+    pub(super) fn read_endpoint_keys(
+        &mut self,
+        keys: &[EndpointKey],
+    ) -> Result<Vec<(EndpointKey, EndpointStats)>, DrainError> {
+        let fd = self.endpoints.map().fd().as_fd().as_raw_fd();
+        let cpus = self.cpus;
+        let stride = value_stride();
+        self.batch_values.resize(cpus * stride, 0);
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut attr = LookupAttr {
+                map_fd: fd as u32,
+                _pad: 0,
+                key: key as *const EndpointKey as u64,
+                value: self.batch_values.as_mut_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: `attr` points at the key and at a buffer of every CPU's value,
+            // both alive for the call; the kernel writes at most that buffer.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_ELEM,
+                    &mut attr as *mut LookupAttr,
+                    std::mem::size_of::<LookupAttr>(),
+                )
+            };
+            if rc < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::ENOENT) {
+                    continue;
+                }
+                return Err(DrainError::Read {
+                    map: MAP_ENDPOINTS,
+                    source: err,
+                });
+            }
+            out.push((*key, sum_raw(&self.batch_values, cpus, stride)));
+        }
+        Ok(out)
+    }
+
     fn read_endpoints_batched(&mut self) -> std::io::Result<Vec<(EndpointKey, EndpointStats)>> {
         let fd = self.endpoints.map().fd().as_fd().as_raw_fd();
         let cpus = self.cpus;
-        let value_stride = std::mem::size_of::<EndpointStats>().next_multiple_of(8);
+        let stride = value_stride();
         let mut out = Vec::with_capacity(self.last_raw.len());
         lookup_batch(
             fd,
-            cpus * value_stride,
+            cpus * stride,
             &mut self.batch_keys,
             &mut self.batch_values,
-            |key, values| {
-                let mut total = EndpointStats::default();
-                for cpu in 0..cpus {
-                    // SAFETY: the kernel wrote a value of this Pod type at this offset.
-                    let value: EndpointStats = unsafe {
-                        std::ptr::read_unaligned(
-                            values[cpu * value_stride..].as_ptr() as *const EndpointStats
-                        )
-                    };
-                    merge_stats(&mut total, &value);
-                }
-                out.push((*key, total));
-            },
+            |key, values| out.push((*key, sum_raw(values, cpus, stride))),
         )?;
         Ok(out)
     }
+}
+
+/// Bytes per CPU of a per-CPU value as the kernel copies it out (8-byte aligned).
+fn value_stride() -> usize {
+    std::mem::size_of::<EndpointEntry>().next_multiple_of(8)
+}
+
+/// The counters of every CPU's copy of one entry, summed (`values`: `cpus` values,
+/// `stride` bytes apart, as the kernel wrote them).
+fn sum_raw(values: &[u8], cpus: usize, stride: usize) -> EndpointStats {
+    let mut total = EndpointStats::default();
+    for cpu in 0..cpus {
+        // SAFETY: the kernel wrote a value of this Pod type at this offset.
+        let value: EndpointEntry = unsafe {
+            std::ptr::read_unaligned(values[cpu * stride..].as_ptr() as *const EndpointEntry)
+        };
+        merge_stats(&mut total, &value.stats);
+    }
+    total
 }
 
 /// Reads a whole hash map with `BPF_MAP_LOOKUP_BATCH`, [`BATCH_ENTRIES`] entries per
@@ -125,12 +178,25 @@ pub(super) fn lookup_batch<K: aya::Pod + Default>(
     }
 }
 
-pub(super) fn sum_cpus(values: &[EndpointStats]) -> EndpointStats {
+pub(super) fn sum_cpus(values: &[EndpointEntry]) -> EndpointStats {
     let mut total = EndpointStats::default();
     for v in values {
-        merge_stats(&mut total, v);
+        merge_stats(&mut total, &v.stats);
     }
     total
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` command number (linux/bpf.h).
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+
+/// The element-operation member of `union bpf_attr`.
+#[repr(C)]
+struct LookupAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
 }
 
 /// `BPF_MAP_LOOKUP_BATCH` command number (linux/bpf.h).

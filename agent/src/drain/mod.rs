@@ -1,12 +1,15 @@
-//! Reads the datapath: drains the per-CPU endpoint map with batched lookups into a
-//! typed [`Snapshot`] (totals and deltas per endpoint) every `drain_interval`, and
-//! reads the session ring buffer as soon as it has records, on one dedicated thread.
+//! Reads the datapath: drains the endpoints that moved since the last drain from the
+//! per-CPU endpoint map into a typed [`Snapshot`] (totals and deltas per endpoint)
+//! every `drain_interval`, and reads the session ring buffer as soon as it has
+//! records, on one dedicated thread.
 //!
-//! The files: `run` (the thread), this module (one drain cycle), `batch` (the bulk
-//! map read), `endpoints` (bookkeeping across drains), `ring` (session notices),
-//! [`kernel_peers`] (kernel-mode readings of kernel WireGuard's own counters).
+//! The files: `run` (the thread), this module (one drain cycle), `changes` (which
+//! endpoints to read), `batch` (the map reads), `endpoints` (bookkeeping across
+//! drains), `ring` (session notices), [`kernel_peers`] (kernel-mode readings of kernel
+//! WireGuard's own counters).
 
 mod batch;
+mod changes;
 mod endpoints;
 pub mod kernel_peers;
 mod paths;
@@ -17,10 +20,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_common::{
-    EndpointKey, EndpointStats, GlobalStats, MAP_ENDPOINTS, MAP_EVENTS, MAP_GLOBALS, MAP_PATHS,
-    MAP_WG_PEERS,
+    EndpointEntry, EndpointKey, EndpointStats, GlobalStats, MAP_DRAIN_EPOCH, MAP_ENDPOINTS,
+    MAP_ENDPOINT_CHANGES, MAP_EVENTS, MAP_GLOBALS, MAP_PATHS, MAP_WG_PEERS,
 };
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 
 use crate::datapath::{Datapath, LoaderError};
 use crate::snapshot::{merge_stats, stats_delta, BootClock, Endpoint, EndpointSample, Snapshot};
@@ -74,7 +77,9 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Owns the counter maps and the ring buffer; produces snapshots and notices.
 pub struct Drain {
-    endpoints: PerCpuHashMap<MapData, EndpointKey, EndpointStats>,
+    endpoints: PerCpuHashMap<MapData, EndpointKey, EndpointEntry>,
+    /// The change ring and the drain epoch: which endpoints a drain reads.
+    changes: changes::Changes,
     globals: PerCpuArray<MapData, GlobalStats>,
     ring: RingBuf<MapData>,
     /// Per-session transport counters.
@@ -111,6 +116,12 @@ impl Drain {
             .map_err(|e| open(MAP_GLOBALS, e))?;
         let ring =
             RingBuf::try_from(datapath.take_map(MAP_EVENTS)?).map_err(|e| open(MAP_EVENTS, e))?;
+        let changes = changes::Changes::new(
+            RingBuf::try_from(datapath.take_map(MAP_ENDPOINT_CHANGES)?)
+                .map_err(|e| open(MAP_ENDPOINT_CHANGES, e))?,
+            Array::try_from(datapath.take_map(MAP_DRAIN_EPOCH)?)
+                .map_err(|e| open(MAP_DRAIN_EPOCH, e))?,
+        );
         let paths = paths::Paths::new(
             datapath.take_map(MAP_PATHS)?,
             datapath.take_map(agent_common::MAP_PATH_DIRTY)?,
@@ -128,6 +139,7 @@ impl Drain {
             .map_err(|(what, source)| DrainError::Read { map: what, source })?;
         Ok(Self {
             endpoints,
+            changes,
             globals,
             ring,
             paths,
@@ -145,10 +157,25 @@ impl Drain {
         })
     }
 
-    /// One drain cycle: reads the maps and computes totals and deltas.
+    /// One drain cycle: reads the endpoints that moved (or, at times, the whole map;
+    /// see `changes`) and computes their totals and deltas.
     pub fn drain(&mut self) -> Result<Snapshot, DrainError> {
+        self.drain_with(|| {})
+    }
+
+    /// [`Drain::drain`] with `between` run after the new drain epoch is set and
+    /// before the change ring is read: traffic there is announced in this drain's
+    /// epoch, so a later write in the same epoch is announced no more (the case the
+    /// re-read exists for).
+    #[cfg(feature = "test-util")]
+    pub fn drain_interleaved(&mut self, between: impl FnOnce()) -> Result<Snapshot, DrainError> {
+        self.drain_with(between)
+    }
+
+    fn drain_with(&mut self, between: impl FnOnce()) -> Result<Snapshot, DrainError> {
         let started = Instant::now();
         let clock = BootClock::now();
+        let seen = self.sequence + 1;
         // Kernel readings first: whatever WireGuard counted by then went through the
         // classifiers before, so the wire view read next already holds it.
         let kernel_peers = match &mut self.kernel {
@@ -158,12 +185,34 @@ impl Drain {
             })?),
             None => None,
         };
-        let raw = self.read_endpoints()?;
-        let map_entries = raw.len();
-        let seen = self.sequence + 1;
-        let mut samples = self.samples(&raw, seen, &clock);
-        samples.extend(self.departed(seen, &clock));
-        self.evict_idle(&raw, &clock);
+        let globals = self.read_globals()?;
+        let plan = self
+            .changes
+            .plan(
+                seen,
+                globals.changes_lost,
+                self.last_raw.len(),
+                started,
+                between,
+            )
+            .map_err(|e| DrainError::Read {
+                map: MAP_ENDPOINT_CHANGES,
+                source: std::io::Error::other(e),
+            })?;
+        let (samples, map_entries) = match plan {
+            changes::Plan::Everything(reason) => {
+                tracing::trace!(reason, "reading the whole endpoint map");
+                let raw = self.read_endpoints()?;
+                let mut samples = self.samples(&raw, seen, &clock);
+                samples.extend(self.departed(seen, &clock));
+                self.evict_idle(&raw, &clock);
+                (samples, raw.len())
+            }
+            changes::Plan::Keys(keys) => {
+                let raw = self.read_endpoint_keys(&keys)?;
+                (self.samples(&raw, seen, &clock), self.last_raw.len())
+            }
+        };
         let traffic = samples
             .iter()
             .any(|s| crate::snapshot::has_traffic(&s.delta));
@@ -176,20 +225,21 @@ impl Drain {
             endpoints: samples,
             map_entries,
             map_capacity: self.capacity,
-            globals: self.read_globals()?,
+            globals,
             kernel_peers,
             paths,
         })
     }
 
-    /// Each endpoint in the map now: its totals and its delta since the last drain.
+    /// The endpoints of `raw` whose counters moved since the last drain: their totals
+    /// and deltas. Every endpoint of `raw` is marked as seen by drain `seen`.
     fn samples(
         &mut self,
         raw: &[(agent_common::EndpointKey, EndpointStats)],
         seen: u64,
         clock: &BootClock,
     ) -> Vec<EndpointSample> {
-        let mut samples = Vec::with_capacity(raw.len());
+        let mut samples = Vec::new();
         for (key, now) in raw {
             let Some(endpoint) = Endpoint::from_key(key) else {
                 continue;
@@ -200,6 +250,9 @@ impl Drain {
                 .or_insert((EndpointStats::default(), 0));
             let before = slot.0;
             *slot = (*now, seen);
+            if *now == before {
+                continue;
+            }
             let delta = if went_backwards(now, &before) {
                 // The entry was deleted and re-created: bank the old incarnation.
                 self.carried.bank(key, &before);
@@ -293,6 +346,7 @@ impl Drain {
             total.unattributed_drops += v.unattributed_drops;
             total.session_errors += v.session_errors;
             total.path_collisions += v.path_collisions;
+            total.changes_lost += v.changes_lost;
         }
         Ok(total)
     }

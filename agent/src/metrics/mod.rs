@@ -189,6 +189,15 @@ impl Collector for AgentCollector {
             },
         );
         out.counter(
+            "wgpulse_drain_changes_lost_total",
+            "Endpoint-change records that did not fit in the change ring; the drain then read the whole endpoint map.",
+            &[],
+            |vec| {
+                vec.with_label_values(&[] as &[&str])
+                    .inc_by(status.globals.changes_lost);
+            },
+        );
+        out.counter(
             "wgpulse_session_notices_total",
             "Session notices read from the ring buffer.",
             &[],

@@ -18,7 +18,7 @@ use wgpulse::testing::{self, FrameOptions};
 const TC_ACT_PIPE: u32 = 3;
 const PORT: u16 = 51820;
 
-fn local4() -> SocketAddr {
+pub(crate) fn local4() -> SocketAddr {
     "192.0.2.1:51820".parse().unwrap()
 }
 fn remote4() -> SocketAddr {
@@ -32,13 +32,16 @@ fn remote6() -> SocketAddr {
 }
 
 /// A private datapath with WireGuard on port 51820 (device 0) and its drain.
-struct Rig {
-    datapath: Datapath,
-    drain: Drain,
+pub(crate) struct Rig {
+    pub(crate) datapath: Datapath,
+    pub(crate) drain: Drain,
+    /// The totals of every endpoint drained so far (a drain carries only the
+    /// endpoints that moved).
+    totals: HashMap<SocketAddr, EndpointStats>,
 }
 
 impl Rig {
-    fn new(max_peers: u32) -> Self {
+    pub(crate) fn new(max_peers: u32) -> Self {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "classifier tests load eBPF and must run as root"
@@ -53,7 +56,11 @@ impl Rig {
             .set_ports(&HashMap::from([(PORT, 0)]))
             .expect("setting the port map");
         let drain = Drain::new(&mut datapath, max_peers).expect("opening the maps");
-        Self { datapath, drain }
+        Self {
+            datapath,
+            drain,
+            totals: HashMap::new(),
+        }
     }
 
     fn run(&mut self, program: &'static str, frame: &[u8]) {
@@ -70,28 +77,33 @@ impl Rig {
         );
     }
 
-    fn ingress(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+    pub(crate) fn ingress(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
         let frame = testing::udp_frame(from, to, payload, &FrameOptions::default());
         self.run(programs::INGRESS, &frame);
     }
 
-    fn egress(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+    pub(crate) fn egress(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
         let frame = testing::udp_frame(from, to, payload, &FrameOptions::default());
         self.run(programs::EGRESS, &frame);
     }
 
-    fn endpoints(&mut self) -> HashMap<SocketAddr, EndpointStats> {
-        self.drain
-            .drain()
-            .unwrap()
-            .endpoints
-            .into_iter()
-            .map(|s| (s.endpoint.addr, s.totals))
-            .collect()
+    /// One drain; its samples update `totals`.
+    pub(crate) fn drain_once(&mut self) -> wgpulse::snapshot::Snapshot {
+        let snapshot = self.drain.drain().unwrap();
+        for sample in &snapshot.endpoints {
+            self.totals.insert(sample.endpoint.addr, sample.totals);
+        }
+        snapshot
     }
 
-    fn globals(&mut self) -> GlobalStats {
-        self.drain.drain().unwrap().globals
+    /// The totals of every endpoint counted so far, after a drain.
+    pub(crate) fn endpoints(&mut self) -> HashMap<SocketAddr, EndpointStats> {
+        self.drain_once();
+        self.totals.clone()
+    }
+
+    pub(crate) fn globals(&mut self) -> GlobalStats {
+        self.drain_once().globals
     }
 }
 
@@ -426,7 +438,7 @@ fn garbage_of_right_looking_sizes_never_completes_a_handshake() {
 /// Sums a drain's path deltas per (direction, index).
 fn paths(rig: &mut Rig) -> HashMap<(PathDirection, u32), PathCounts> {
     let mut out: HashMap<(PathDirection, u32), PathCounts> = HashMap::new();
-    for sample in rig.drain.drain().unwrap().paths {
+    for sample in rig.drain_once().paths {
         out.entry((sample.direction, sample.index))
             .or_default()
             .add(&sample.delta);
@@ -568,7 +580,7 @@ fn a_third_busy_session_on_one_slot_pair_is_counted_as_a_collision() {
     for index in [5, 5 + slots, 5 + 2 * slots] {
         receive(&mut rig, index, 0..3);
     }
-    let snapshot = rig.drain.drain().unwrap();
+    let snapshot = rig.drain_once();
     let followed: Vec<u32> = snapshot.paths.iter().map(|s| s.index).collect();
     assert_eq!(followed.len(), 2, "{followed:?}");
     assert!(!followed.contains(&(5 + 2 * slots)));

@@ -216,11 +216,15 @@ template_content_type = "text/plain; charset=utf-8"
     let dump = pair.wg_b.peer(&peer);
     // Removal.
     pair.wg_b.remove_peer(&peer);
+    // Each webhook is a lane of its own: wait for the last event every route below
+    // asserts (a CI run read the log while the Discord disconnect was in flight).
     wait_for("the delete everywhere", Duration::from_secs(30), || {
         seen("defguard", "peer_deleted")
             && seen("vpn-enterprise", "vpn.peer.deleted")
             && seen("wg-portal", "peer.delete")
             && seen("standard-webhooks", "peer.delete")
+            && seen("discord", "disconnected")
+            && seen("ntfy", "was removed from")
     });
     let records = records(&log);
 

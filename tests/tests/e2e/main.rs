@@ -16,6 +16,7 @@ mod delivery;
 mod delivery_crash;
 mod deploy;
 mod dialects;
+mod drain_changes;
 mod faults;
 mod harness;
 mod listener;

@@ -3,7 +3,9 @@
 //! loopback webhook receiver through the whole pipeline (ring buffer, peer table,
 //! event queue, fsynced outbox, HTTP). Each round removes and re-adds the peer on both
 //! sides, so every handshake is a new connect. Beside it, the latency a 60 s poller
-//! (wg-portal's default) would have on the same timeline, over every poll phase.
+//! (wg-portal's default) would have on the same timeline, over every poll phase. Two
+//! webhooks receive every event: one in the single format, one in the batch format
+//! (a JSON array per request, `batch.max_wait` at its default).
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,14 +19,22 @@ use wgpulse_tests::wireguard::{Underlay, WgPair};
 
 use crate::report::{percentile, Part, Plot, Row, Series};
 
-/// Connect events that arrived, with their wall-clock arrival times.
+/// Connect events that arrived (alone or in a batch), with their wall-clock arrival
+/// times.
 fn connects(receiver: &Receiver, wall0: SystemTime, mono0: Instant) -> Vec<SystemTime> {
-    receiver
-        .requests()
-        .iter()
-        .filter(|r| r.json()["event"] == "connect")
-        .map(|r| wall0 + (r.at - mono0))
-        .collect()
+    let mut out = Vec::new();
+    for request in receiver.requests() {
+        let events = match request.json() {
+            serde_json::Value::Array(events) => events,
+            event => vec![event],
+        };
+        for event in events {
+            if event["event"] == "connect" {
+                out.push(wall0 + (request.at - mono0));
+            }
+        }
+    }
+    out
 }
 
 fn count(receiver: &Receiver, event: &str) -> usize {
@@ -59,10 +69,12 @@ pub fn run(quick: bool) -> Part {
     let pair = WgPair::new(Underlay::V4);
     let state = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
+    let batch_receiver = Receiver::start();
     let text = format!(
-        "state_dir = {:?}\n[[webhooks]]\nname = \"bench\"\nurl = \"{}\"\n",
+        "state_dir = {:?}\n[[webhooks]]\nname = \"bench\"\nurl = \"{}\"\n[[webhooks]]\nname = \"bench-batch\"\nurl = \"{}\"\nformat = \"batch\"\n",
         state.path().join("delivery").display().to_string(),
-        receiver.url()
+        receiver.url(),
+        batch_receiver.url()
     );
     let delivery_config = Config::parse(&text, Path::new("bench.toml")).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -110,9 +122,10 @@ pub fn run(quick: bool) -> Part {
             });
         }
         traffic::ping(&pair.a, pair.tunnel_addr_b(false), 1);
-        wait("the connect at the receiver", &receiver, || {
+        wait("the connect at the receivers", &receiver, || {
             forward(&mut agent);
             connects(&receiver, wall0, mono0).len() > round
+                && connects(&batch_receiver, wall0, mono0).len() > round
         });
     }
     let packets = capture.stop();
@@ -131,23 +144,27 @@ pub fn run(quick: bool) -> Part {
             answered = false;
         }
     }
-    let arrivals = connects(&receiver, wall0, mono0);
     assert_eq!(
         completions.len(),
         rounds,
         "one completed handshake per round in the capture"
     );
-    assert_eq!(arrivals.len(), rounds, "one connect per round");
-    let latencies: Vec<f64> = completions
-        .iter()
-        .zip(&arrivals)
-        .map(|(done, arrived)| {
-            arrived
-                .duration_since(*done)
-                .map(|d| d.as_secs_f64() * 1000.0)
-                .unwrap_or(0.0)
-        })
-        .collect();
+    let latencies_at = |receiver: &Receiver| -> Vec<f64> {
+        let arrivals = connects(receiver, wall0, mono0);
+        assert_eq!(arrivals.len(), rounds, "one connect per round");
+        completions
+            .iter()
+            .zip(&arrivals)
+            .map(|(done, arrived)| {
+                arrived
+                    .duration_since(*done)
+                    .map(|d| d.as_secs_f64() * 1000.0)
+                    .unwrap_or(0.0)
+            })
+            .collect()
+    };
+    let latencies = latencies_at(&receiver);
+    let batch_latencies = latencies_at(&batch_receiver);
     // A 60 s poller, every phase in 100 ms steps, on the same handshake times.
     let mut poller = Vec::new();
     for phase in 0..600 {
@@ -170,7 +187,7 @@ pub fn run(quick: bool) -> Part {
     let mut part = Part::new(
         "connect",
         "Connect latency",
-        &format!("{rounds} handshakes; from the completing packet's capture timestamp to the connect event at a loopback webhook receiver (outbox fsynced); a 60 s poller on the same timeline over every phase"),
+        &format!("{rounds} handshakes; from the completing packet's capture timestamp to the connect event at loopback webhook receivers, one single-format and one batch-format webhook (outbox fsynced); a 60 s poller on the same timeline over every phase"),
     );
     part.rows.push(
         Row::new("wgpulse p50", p50, "ms").ratio(poll50 / p50, "x sooner than a 60 s poller"),
@@ -179,6 +196,15 @@ pub fn run(quick: bool) -> Part {
         Row::new("wgpulse p99", p99, "ms")
             .ratio(poll99 / p99, "x sooner than a 60 s poller")
             .target("< 1000 ms", p99 < 1000.0),
+    );
+    let batch99 = percentile(batch_latencies.clone(), 99.0);
+    part.rows.push(Row::new(
+        "wgpulse p50, batch format",
+        percentile(batch_latencies, 50.0),
+        "ms",
+    ));
+    part.rows.push(
+        Row::new("wgpulse p99, batch format", batch99, "ms").target("< 50 ms", batch99 < 50.0),
     );
     part.rows.push(Row::new("60 s poller p50", poll50, "ms"));
     part.rows.push(Row::new("60 s poller p99", poll99, "ms"));

@@ -146,5 +146,14 @@ pub fn run(quick: bool) -> Part {
         )
         .target("<= 120 ns", worst_known <= 120.0),
     );
+    let worst_ratio = worst_known / noop;
+    part.rows.push(
+        Row::new(
+            "known-peer transport (worst family) vs the no-op program",
+            worst_ratio,
+            "x no-op",
+        )
+        .target("<= 3x", worst_ratio <= 3.0),
+    );
     part
 }

@@ -35,12 +35,12 @@ pub fn run(quick: bool) -> Part {
         &format!("the agent process with {peers} peers on a wireguard-go device: while every peer's endpoint sends, and idle, over {} s windows", window.as_secs()),
     );
     part.rows
-        .push(Row::new("RSS under traffic", busy_rss, "MiB").target("< 64 MiB", busy_rss < 64.0));
+        .push(Row::new("RSS under traffic", busy_rss, "MiB").target("<= 32 MiB", busy_rss <= 32.0));
     part.rows
         .push(Row::new("CPU under traffic", busy, "% of a core"));
     part.rows.push(Row::new("RSS idle", idle_rss, "MiB"));
     part.rows
-        .push(Row::new("CPU idle", idle, "% of a core").target("< 1%", idle < 1.0));
+        .push(Row::new("CPU idle", idle, "% of a core").target("<= 0.5%", idle <= 0.5));
     device.agent.kill();
     part
 }
