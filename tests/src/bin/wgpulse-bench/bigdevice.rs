@@ -122,10 +122,16 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Resident memory of a process, MiB.
 pub fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS")
+}
+
+/// A memory figure of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`,
+/// `RssShmem`) in MiB.
+pub fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process runs");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kib| kib.parse::<f64>().ok())
         .map(|kib| kib / 1024.0)

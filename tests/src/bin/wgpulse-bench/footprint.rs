@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bigdevice::{cpu_seconds, rss_mib, BigDevice};
+use crate::bigdevice::{cpu_seconds, rss_mib, status_mib, BigDevice};
 use crate::report::{Part, Row};
 
 /// CPU percent of one core over `window` while `during` runs (or idles).
@@ -29,6 +29,12 @@ pub fn run(quick: bool) -> Part {
     std::thread::sleep(Duration::from_secs(2));
     let idle = cpu_percent(pid, window, || {});
     let idle_rss = rss_mib(pid);
+    // What the resident set is: the heap and stacks (anonymous), the binary and
+    // libraries (file), and the shared mappings of BPF maps and ring buffers (shmem).
+    let parts: Vec<(&str, f64)> = ["RssAnon", "RssFile", "RssShmem"]
+        .into_iter()
+        .map(|field| (field, status_mib(pid, field)))
+        .collect();
     let mut part = Part::new(
         "footprint",
         "Footprint",
@@ -39,6 +45,10 @@ pub fn run(quick: bool) -> Part {
     part.rows
         .push(Row::new("CPU under traffic", busy, "% of a core"));
     part.rows.push(Row::new("RSS idle", idle_rss, "MiB"));
+    for (field, mib) in parts {
+        part.rows
+            .push(Row::new(&format!("RSS idle: {field}"), mib, "MiB"));
+    }
     part.rows
         .push(Row::new("CPU idle", idle, "% of a core").target("<= 0.5%", idle <= 0.5));
     device.agent.kill();
