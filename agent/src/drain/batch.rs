@@ -63,14 +63,7 @@ impl Drain {
             };
             // SAFETY: `attr` points at the key and at a buffer of every CPU's value,
             // both alive for the call; the kernel writes at most that buffer.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_ELEM,
-                    &mut attr as *mut LookupAttr,
-                    std::mem::size_of::<LookupAttr>(),
-                )
-            };
+            let rc = unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) };
             if rc < 0 {
                 let err = std::io::Error::last_os_error();
                 if err.raw_os_error() == Some(libc::ENOENT) {
@@ -154,14 +147,7 @@ pub(super) fn lookup_batch<K: aya::Pod + Default>(
         };
         // SAFETY: `attr` points at buffers sized for `count` keys and values, which
         // outlive the call; the kernel writes at most `count` entries.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
+        let rc = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let err = (rc < 0).then(std::io::Error::last_os_error);
         let done = matches!(&err, Some(e) if e.raw_os_error() == Some(libc::ENOENT));
         if let Some(err) = err.filter(|_| !done) {
@@ -184,6 +170,23 @@ pub(super) fn sum_cpus(values: &[EndpointEntry]) -> EndpointStats {
         merge_stats(&mut total, &v.stats);
     }
     total
+}
+
+/// The `bpf(2)` system call with `attr` as its attribute union member.
+///
+/// # Safety
+/// Every pointer in `attr` must be valid for what `command` reads and writes.
+unsafe fn bpf<A>(command: libc::c_long, attr: &mut A) -> libc::c_long {
+    // SAFETY: the caller vouches for the pointers inside `attr`; `attr` itself is a
+    // live value of the size passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut A,
+            std::mem::size_of::<A>(),
+        )
+    }
 }
 
 /// `BPF_MAP_LOOKUP_ELEM` command number (linux/bpf.h).
