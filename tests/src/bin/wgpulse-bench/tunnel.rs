@@ -52,10 +52,16 @@ fn bpf_stats() -> (u64, u64) {
 /// The throughput ratio the issue sets.
 const TARGET: f64 = 0.98;
 
-/// Half the range of `ratios`.
-fn spread(ratios: &[f64]) -> f64 {
+/// The lowest and the highest of `ratios`.
+fn range(ratios: &[f64]) -> (f64, f64) {
     let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let highest = ratios.iter().copied().fold(0.0, f64::max);
+    (lowest, highest)
+}
+
+/// Half the range of `ratios`.
+fn spread(ratios: &[f64]) -> f64 {
+    let (lowest, highest) = range(ratios);
     (highest - lowest) / 2.0
 }
 
@@ -109,8 +115,7 @@ pub fn run(quick: bool) -> Part {
     };
     let (off, on) = (median(without), median(with));
     let half_range = spread(&ratios);
-    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let highest = ratios.iter().copied().fold(0.0, f64::max);
+    let (lowest, highest) = range(&ratios);
     let ratio = median(ratios);
     let mut part = Part::new(
         "tunnel",
