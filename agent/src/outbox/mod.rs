@@ -11,9 +11,12 @@
 //! written once the disk works; retries of the disk back off and are logged once per
 //! change of state. A damaged file found at start is set aside and salvaged
 //! ([`recover`]); dead letters leave by age and share of the size limit
-//! ([`retention`]).
+//! ([`retention`]). `config` holds the `[outbox]` keys, `records` the types that go
+//! in and come out.
 
+mod config;
 mod overlay;
+mod records;
 pub mod recover;
 pub mod retention;
 mod store;
@@ -25,60 +28,10 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::Database;
-use serde::Deserialize;
 
+pub use config::OutboxConfig;
+pub use records::{Appended, DiskChange, Incoming, Stored};
 pub use recover::Damage;
-
-/// `[outbox]` configuration.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutboxConfig {
-    /// Size limit of the stored events, in bytes (default 256 MiB). When an event
-    /// does not fit, the oldest undelivered events of the webhook with the most
-    /// queued are dropped (counted in `wgpulse_outbox_dropped_events_total` and
-    /// logged) to make room: never unbounded growth, never a crash.
-    pub max_bytes: u64,
-    /// Dead letters older than this (from the event's creation) are forgotten
-    /// (default 7 days).
-    #[serde(with = "humantime_serde")]
-    pub dead_letter_max_age: Duration,
-    /// Dead letters may take at most this share of `max_bytes` (default 0.25); beyond
-    /// it the oldest are forgotten.
-    pub dead_letter_max_share: f64,
-}
-
-impl Default for OutboxConfig {
-    fn default() -> Self {
-        Self {
-            max_bytes: 256 * 1024 * 1024,
-            dead_letter_max_age: Duration::from_secs(7 * 24 * 3600),
-            dead_letter_max_share: 0.25,
-        }
-    }
-}
-
-impl OutboxConfig {
-    /// Problems as (key, message) pairs.
-    pub fn problems(&self) -> Vec<(String, String)> {
-        let mut problems = Vec::new();
-        if self.max_bytes < 64 * 1024 {
-            problems.push(("max_bytes".into(), "must be at least 64 KiB".into()));
-        }
-        if self.dead_letter_max_age < Duration::from_secs(60) {
-            problems.push((
-                "dead_letter_max_age".into(),
-                "must be at least 1m (dead letters are kept to be replayed)".into(),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.dead_letter_max_share) {
-            problems.push((
-                "dead_letter_max_share".into(),
-                "must be between 0 and 1".into(),
-            ));
-        }
-        problems
-    }
-}
 
 /// Errors of the outbox.
 #[derive(Debug, thiserror::Error)]
@@ -93,53 +46,6 @@ pub enum OutboxError {
         /// The store's error.
         message: String,
     },
-}
-
-/// One stored event as a webhook's queue sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stored {
-    /// Sequence number (order of acceptance).
-    pub seq: u64,
-    /// The event's identifier (per-identifier order is kept).
-    pub identifier: String,
-    /// Creation time of the event, Unix milliseconds.
-    pub created_ms: u64,
-    /// Size of the stored JSON.
-    pub size: usize,
-}
-
-/// An event to append and the webhooks that want it.
-#[derive(Clone, Debug)]
-pub struct Incoming<'a> {
-    /// The event's JSON.
-    pub body: &'a [u8],
-    /// The event's identifier.
-    pub identifier: &'a str,
-    /// Creation time, Unix milliseconds.
-    pub created_ms: u64,
-    /// Names of the webhooks whose filters select it.
-    pub webhooks: Vec<&'a str>,
-}
-
-/// What became of an append.
-#[derive(Debug, Default)]
-pub struct Appended {
-    /// The events' sequence numbers (0: no webhook wants it, not kept).
-    pub seqs: Vec<u64>,
-    /// Why the disk did not take them, if it did not: they are held in memory (and
-    /// delivered from there) until it does.
-    pub unwritten: Option<OutboxError>,
-    /// Events lost from a full memory tier, per webhook that still wanted them.
-    pub dropped: Vec<(String, u64)>,
-}
-
-/// A change in whether the disk takes writes, to log once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DiskChange {
-    /// Writes started failing.
-    Failing(String),
-    /// Writes work again; this many held events were written.
-    Recovered(usize),
 }
 
 /// Most events held in memory while the disk cannot be written; beyond it the oldest

@@ -13,8 +13,10 @@
 //! while different peers are delivered in parallel (`concurrency` lanes per target);
 //! a dead receiver holds up only its own target. A target kind is one
 //! [`transport::Transport`] implementation: [`webhook`] (an HTTP POST built by
-//! [`request`], signed by [`sign`], over the pooled [`client`] of its trust set).
+//! [`request`], signed by [`sign`], over the pooled [`client`] of its trust set;
+//! [`address`] says which URLs and headers a webhook may use).
 
+pub mod address;
 pub mod client;
 pub mod config;
 pub mod dialect;

@@ -53,7 +53,7 @@ impl Transport for Webhook {
     }
 
     fn location(&self) -> String {
-        super::config::redact_url(&self.template.url.to_string())
+        super::address::redact_url(&self.template.url.to_string())
     }
 
     fn format(&self) -> Format {
