@@ -12,9 +12,8 @@
 //! The events of one peer go through one lane, one request at a time, in order,
 //! while different peers are delivered in parallel (`concurrency` lanes per target);
 //! a dead receiver holds up only its own target. A target kind is one
-//! [`transport::Transport`] implementation: [`webhook`] (an HTTP POST built by
-//! [`request`], signed by [`sign`], over the pooled [`client`] of its trust set;
-//! [`address`] says which URLs and headers a webhook may use).
+//! [`transport::Transport`] implementation: [`webhook`] (an HTTP POST to an
+//! [`address`], built by [`request`], signed by [`sign`], over the pooled [`client`]).
 
 pub mod address;
 pub mod client;
