@@ -92,8 +92,12 @@ fn metric(ns: &NetNs, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// Adds `count` peers (no traffic) and waits for their creates, then removes them
-/// and waits for their deletes: 2 × `count` events of distinct peers.
+/// and waits for their deletes: 2 × `count` events of distinct peers. Waits first
+/// for the agent's baseline device read (the classifiers attach right after it): a
+/// peer already there at the baseline raises no create (a CI run added peers while
+/// that read ran and saw 2 creates of 5).
 fn churn(pair: &WgPair, agent: &AgentProcess, count: usize, round: usize) {
+    agent.await_line("datapath attached", Duration::from_secs(30));
     let keys: Vec<WgKeys> = (0..count).map(|_| WgKeys::generate()).collect();
     let creates = agent.count("event=peer.create");
     for (i, key) in keys.iter().enumerate() {
