@@ -18,8 +18,12 @@ use super::{Device, DeviceKind, Peer, PublicKey};
 
 /// How long one device may take to answer, in total.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest reply accepted (about 20 000 peers); a bigger one is garbage.
-const MAX_REPLY: usize = 16 << 20;
+/// Longest reply line accepted (the longest real one, an IPv6 endpoint or allowed
+/// IP, is under 100 bytes); a longer one is garbage.
+const MAX_LINE: usize = 4096;
+/// Most peers accepted from one device (wireguard-go holds at most 65536; kernel
+/// WireGuard has no limit, and a million is far past what one host runs).
+const MAX_PEERS: usize = 1 << 20;
 
 /// Errors talking to or parsing a UAPI socket.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +108,22 @@ fn read_device_within(
     timeout: Duration,
 ) -> Result<Device, UapiError> {
     let path = socket_dir.join(format!("{name}.sock"));
-    let reply = exchange(&path, timeout).map_err(|failure| match failure {
+    // The reply is parsed as it arrives, a line at a time: no copy of the whole
+    // text (17 MB at 50k peers) is held, and the partial line waiting for its end is
+    // a zeroizing buffer (the reply holds secrets).
+    let mut parser = Parser::new(name);
+    let mut parse_error = None;
+    let exchanged = exchange(&path, timeout, |raw| match parser.feed(raw) {
+        Ok(next) => next,
+        Err(err) => {
+            parse_error = Some(err);
+            Next::Stop
+        }
+    });
+    if let Some(err) = parse_error {
+        return Err(err);
+    }
+    exchanged.map_err(|failure| match failure {
         Failure::Io(op, source) => UapiError::Io {
             device: name.to_owned(),
             op,
@@ -117,17 +136,7 @@ fn read_device_within(
             problem,
         },
     })?;
-    // The reply holds secrets: it is a zeroizing buffer, wiped when dropped here.
-    let text = std::str::from_utf8(&reply).map_err(|e| UapiError::Parse {
-        device: name.to_owned(),
-        line: reply[..e.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1,
-        message: "not UTF-8".into(),
-    })?;
-    parse_get_response(name, text)
+    parser.finish()
 }
 
 enum Failure {
@@ -135,9 +144,24 @@ enum Failure {
     Reply(&'static str),
 }
 
-/// Sends `get=1` and collects the reply up to the blank line (or EOF) into a buffer
-/// that is wiped on drop, including every smaller buffer it outgrew.
-fn exchange(path: &Path, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, Failure> {
+/// What the exchange does after a line.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Read on.
+    More,
+    /// The reply is complete (its blank line), or parsing failed: stop reading.
+    Stop,
+}
+
+/// Sends `get=1` and hands each line of the reply (without its newline) to `line`
+/// until it says stop (the blank line) or the daemon closes. A line cut off by the
+/// close is dropped (the parser then finds no `errno`: truncated). Every buffer that
+/// held reply bytes is wiped.
+fn exchange(
+    path: &Path,
+    timeout: Duration,
+    mut line: impl FnMut(&[u8]) -> Next,
+) -> Result<(), Failure> {
     let deadline = Instant::now() + timeout;
     let mut stream = UnixStream::connect(path).map_err(|e| Failure::Io("connecting to", e))?;
     stream
@@ -146,12 +170,10 @@ fn exchange(path: &Path, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, Failur
     stream
         .write_all(b"get=1\n\n")
         .map_err(|e| Failure::Io("writing to", e))?;
-    let mut reply = Zeroizing::new(Vec::with_capacity(16 * 1024));
-    let mut chunk = Zeroizing::new([0u8; 4096]);
+    // The bytes of a line whose end has not arrived yet.
+    let mut pending = Zeroizing::new(Vec::with_capacity(256));
+    let mut chunk = Zeroizing::new(vec![0u8; 64 * 1024]);
     loop {
-        if reply.ends_with(b"\n\n") {
-            return Ok(reply);
-        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Failure::Reply("no complete reply within the time limit"));
@@ -160,7 +182,7 @@ fn exchange(path: &Path, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, Failur
             .set_read_timeout(Some(left))
             .map_err(|e| Failure::Io("configuring", e))?;
         let read = match stream.read(&mut chunk[..]) {
-            Ok(0) => return Ok(reply),
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -168,10 +190,29 @@ fn exchange(path: &Path, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, Failur
             }
             Err(e) => return Err(Failure::Io("reading from", e)),
         };
-        if reply.len() + read > MAX_REPLY {
-            return Err(Failure::Reply("reply larger than 16 MiB"));
+        let mut rest = &chunk[..read];
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            if pending.len() + end > MAX_LINE {
+                return Err(Failure::Reply("a reply line longer than 4 KiB"));
+            }
+            let next = if pending.is_empty() {
+                line(&rest[..end])
+            } else {
+                append_zeroizing(&mut pending, &rest[..end]);
+                let next = line(&pending);
+                pending.zeroize();
+                pending.clear();
+                next
+            };
+            if next == Next::Stop {
+                return Ok(());
+            }
+            rest = &rest[end + 1..];
         }
-        append_zeroizing(&mut reply, &chunk[..read]);
+        if pending.len() + rest.len() > MAX_LINE {
+            return Err(Failure::Reply("a reply line longer than 4 KiB"));
+        }
+        append_zeroizing(&mut pending, rest);
     }
 }
 
@@ -191,50 +232,17 @@ fn append_zeroizing(buffer: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
 /// A last line without its newline counts as cut off (truncated). Unknown keys are
 /// ignored; secret values are validated but never kept.
 pub fn parse_get_response(name: &str, reply: &str) -> Result<Device, UapiError> {
-    let mut parser = Parser {
-        device: Device {
-            name: name.to_owned(),
-            kind: DeviceKind::Userspace,
-            public_key: None,
-            listen_port: 0,
-            fwmark: 0,
-            peers: Vec::new(),
-        },
-        peer: None,
-        errno: None,
-    };
-    for (index, piece) in reply.split_inclusive('\n').enumerate() {
+    let mut parser = Parser::new(name);
+    for piece in reply.split_inclusive('\n') {
         // A last line without its newline was cut off: the reply is truncated.
         let Some(raw) = piece.strip_suffix('\n') else {
             break;
         };
-        if raw.is_empty() {
+        if parser.feed(raw.as_bytes())? == Next::Stop {
             break;
         }
-        parser.line(raw).map_err(|message| UapiError::Parse {
-            device: name.to_owned(),
-            line: index + 1,
-            message,
-        })?;
     }
-    let Parser {
-        mut device,
-        peer,
-        errno,
-    } = parser;
-    if let Some(open) = peer {
-        device.peers.push(open.finish());
-    }
-    match errno {
-        None => Err(UapiError::Truncated {
-            device: name.to_owned(),
-        }),
-        Some(0) => Ok(device),
-        Some(errno) => Err(UapiError::Errno {
-            device: name.to_owned(),
-            errno,
-        }),
-    }
+    parser.finish()
 }
 
 /// The state of a parse: the device so far and the peer whose lines are being read.
@@ -242,6 +250,8 @@ struct Parser {
     device: Device,
     peer: Option<OpenPeer>,
     errno: Option<i64>,
+    /// Lines read so far (for errors, 1-based).
+    lines: usize,
 }
 
 /// A peer still being read; the handshake time comes in two lines.
@@ -287,6 +297,64 @@ fn secret_hex(key: &str, value: &str, out: &mut [u8; 32]) -> Result<(), String> 
 }
 
 impl Parser {
+    fn new(name: &str) -> Self {
+        Self {
+            device: Device {
+                name: name.to_owned(),
+                kind: DeviceKind::Userspace,
+                public_key: None,
+                listen_port: 0,
+                fwmark: 0,
+                peers: Vec::new(),
+            },
+            peer: None,
+            errno: None,
+            lines: 0,
+        }
+    }
+
+    /// One line of the reply, without its newline: [`Next::Stop`] at the blank line
+    /// that ends it.
+    fn feed(&mut self, raw: &[u8]) -> Result<Next, UapiError> {
+        self.lines += 1;
+        if raw.is_empty() {
+            return Ok(Next::Stop);
+        }
+        let parsed = match std::str::from_utf8(raw) {
+            Ok(text) => self.line(text),
+            Err(_) => Err("not UTF-8".into()),
+        };
+        parsed.map_err(|message| UapiError::Parse {
+            device: self.device.name.clone(),
+            line: self.lines,
+            message,
+        })?;
+        Ok(Next::More)
+    }
+
+    /// The device, once the reply ended.
+    fn finish(self) -> Result<Device, UapiError> {
+        let Parser {
+            mut device,
+            peer,
+            errno,
+            ..
+        } = self;
+        if let Some(open) = peer {
+            device.peers.push(open.finish());
+        }
+        match errno {
+            None => Err(UapiError::Truncated {
+                device: device.name,
+            }),
+            Some(0) => Ok(device),
+            Some(errno) => Err(UapiError::Errno {
+                device: device.name,
+                errno,
+            }),
+        }
+    }
+
     fn line(&mut self, raw: &str) -> Result<(), String> {
         let (key, value) = raw.split_once('=').ok_or("expected key=value")?;
         match key {
@@ -311,6 +379,9 @@ impl Parser {
                     PublicKey::from_hex(value).map_err(|e| format!("public_key: {e}"))?;
                 if let Some(done) = self.peer.take() {
                     self.device.peers.push(done.finish());
+                }
+                if self.device.peers.len() >= MAX_PEERS {
+                    return Err(format!("more than {MAX_PEERS} peers"));
                 }
                 self.peer = Some(OpenPeer {
                     peer: Peer::new(public_key),

@@ -257,6 +257,48 @@ fn missing_socket_is_an_io_error_naming_device_and_path() {
 }
 
 #[test]
+fn a_device_with_more_than_16_mib_of_reply_is_read_in_full() {
+    // 60 000 peers (wireguard-go holds up to 65 536): about 18 MB of reply, parsed
+    // as it arrives; lines straddle the read chunks.
+    let mut reply = String::from("private_key=0000000000000000000000000000000000000000000000000000000000000000\nlisten_port=51820\n");
+    for i in 0..60_000u32 {
+        reply.push_str(&format!(
+            "public_key={i:064x}\npreshared_key={:064x}\nendpoint=10.0.{}.{}:{}\nallowed_ip=10.100.{}.{}/32\nlast_handshake_time_sec=0\nlast_handshake_time_nsec=0\ntx_bytes={i}\nrx_bytes=0\npersistent_keepalive_interval=0\nprotocol_version=1\n",
+            i + 1,
+            i / 256 % 256,
+            i % 256,
+            20_000 + i % 40_000,
+            i / 256 % 256,
+            i % 256,
+        ));
+    }
+    reply.push_str("errno=0\n\n");
+    assert!(reply.len() > 16 << 20, "{} bytes", reply.len());
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = fake_daemon(dir.path(), "wgbig0", reply.leak().as_bytes(), false);
+    let device = read_device_within(dir.path(), "wgbig0", Duration::from_secs(60)).unwrap();
+    assert_eq!(device.peers.len(), 60_000);
+    let last = &device.peers[59_999];
+    assert_eq!(last.tx_bytes, 59_999);
+    assert!(last.has_preshared_key);
+    assert_eq!(last.allowed_ips, ["10.100.234.95/32"]);
+    drop(daemon);
+}
+
+#[test]
+fn an_endless_line_is_refused() {
+    let long: &'static str =
+        format!("listen_port=1\nfwmark={}\nerrno=0\n\n", "1".repeat(5000)).leak();
+    let dir = tempfile::tempdir().unwrap();
+    let _daemon = fake_daemon(dir.path(), "wglong0", long.as_bytes(), true);
+    let err = read_device(dir.path(), "wglong0").unwrap_err().to_string();
+    assert!(
+        err.contains("longer than 4 KiB") && err.contains("wglong0"),
+        "{err}"
+    );
+}
+
+#[test]
 fn appending_keeps_the_bytes() {
     let mut buffer = Zeroizing::new(Vec::with_capacity(2));
     for _ in 0..100 {
