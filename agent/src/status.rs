@@ -21,6 +21,9 @@ pub struct AgentStatus {
     pub kernel_mode_detail: String,
     /// When devices were last read successfully.
     pub devices_read_at: Option<SystemTime>,
+    /// Duration of the last device read (every device, netlink or UAPI, and the
+    /// table update).
+    pub last_device_read: Duration,
     /// The last device read's error, if it failed.
     pub discovery_error: Option<String>,
     /// The last attach error, if any.

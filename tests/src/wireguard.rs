@@ -172,6 +172,19 @@ impl WgDevice {
         device
     }
 
+    /// Gives the device a new key pair (its sessions end; the next packet to a peer
+    /// starts a handshake under the new identity).
+    pub fn set_private_key(&mut self, keys: WgKeys) {
+        let key_file = keys.private_key_file();
+        self.wg(&[
+            "set",
+            &self.name,
+            "private-key",
+            key_file.0.to_str().expect("UTF-8 temp dir"),
+        ]);
+        self.keys = keys;
+    }
+
     /// The namespace the device is in.
     pub fn netns(&self) -> &str {
         &self.ns_name

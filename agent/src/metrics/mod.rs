@@ -126,6 +126,15 @@ impl Collector for AgentCollector {
                     .set(status.last_drain.as_secs_f64());
             },
         );
+        out.gauge(
+            "wgpulse_device_read_duration_seconds",
+            "Duration of the last read of the WireGuard devices (every device and its peers, and the table update).",
+            &[],
+            |vec| {
+                vec.with_label_values(&[] as &[&str])
+                    .set(status.last_device_read.as_secs_f64());
+            },
+        );
         out.counter(
             "wgpulse_drains_total",
             "Drains of the datapath maps.",

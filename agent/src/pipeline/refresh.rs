@@ -15,9 +15,13 @@ impl Pipeline {
     pub(super) fn refresh(&mut self) {
         let started = Instant::now();
         self.read_devices();
+        let took = started.elapsed();
         self.shared
-            .read_through
-            .completed(started, started.elapsed());
+            .status
+            .write()
+            .expect("not poisoned")
+            .last_device_read = took;
+        self.shared.read_through.completed(started, took);
     }
 
     /// Re-reads devices and interfaces (see [`Pipeline::refresh`]).

@@ -177,6 +177,15 @@ fn prometheus_scrapes_series_equal_to_wg_show_and_the_table() {
         Some(1.0)
     );
 
+    // The agent's own timings: a drain and a device read took some time.
+    for gauge in [
+        "wgpulse_drain_duration_seconds",
+        "wgpulse_device_read_duration_seconds",
+    ] {
+        let seconds = query(&pair, prometheus, gauge).expect(gauge);
+        assert!(seconds > 0.0 && seconds < 5.0, "{gauge} = {seconds}");
+    }
+
     // promtool accepts the exposition.
     let (_, exposition) = http(&pair.b, "GET", &format!("http://{AGENT}/metrics"), None);
     let file = state.join("exposition.txt");

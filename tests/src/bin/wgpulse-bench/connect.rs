@@ -10,9 +10,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::net::SocketAddr;
 use wgpulse::config::Config;
 use wgpulse_tests::agent::InProcessAgent;
-use wgpulse_tests::capture::Capture;
+
+use wgpulse_tests::capture::{Capture, Datagram};
 use wgpulse_tests::receiver::Receiver;
 use wgpulse_tests::traffic;
 use wgpulse_tests::wireguard::{Underlay, WgPair};
@@ -21,7 +23,7 @@ use crate::report::{percentile, Part, Plot, Row, Series};
 
 /// Connect events that arrived (alone or in a batch), with their wall-clock arrival
 /// times.
-fn connects(receiver: &Receiver, wall0: SystemTime, mono0: Instant) -> Vec<SystemTime> {
+pub fn connects(receiver: &Receiver, wall0: SystemTime, mono0: Instant) -> Vec<SystemTime> {
     let mut out = Vec::new();
     for request in receiver.requests() {
         let events = match request.json() {
@@ -61,6 +63,22 @@ fn wait(what: &str, receiver: &Receiver, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// When each handshake that `responder` answered completed: the responder completes on
+/// the first data packet after its response (capture timestamps).
+pub fn completions(packets: &[Datagram], responder: SocketAddr) -> Vec<SystemTime> {
+    let mut completions = Vec::new();
+    let mut answered = false;
+    for packet in packets {
+        if packet.src == responder && packet.first_byte == Some(2) {
+            answered = true;
+        } else if answered && packet.dst == responder && packet.first_byte == Some(4) {
+            completions.push(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(packet.time));
+            answered = false;
+        }
+    }
+    completions
 }
 
 /// Runs the part.
@@ -132,18 +150,7 @@ pub fn run(quick: bool) -> Part {
     agent.stop();
     runtime.block_on(delivery.shutdown(Duration::from_secs(2)));
 
-    // The responder completes on the first data packet after its response.
-    let b_addr = pair.endpoint_b();
-    let mut completions = Vec::new();
-    let mut answered = false;
-    for packet in &packets {
-        if packet.src == b_addr && packet.first_byte == Some(2) {
-            answered = true;
-        } else if answered && packet.dst == b_addr && packet.first_byte == Some(4) {
-            completions.push(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(packet.time));
-            answered = false;
-        }
-    }
+    let completions = completions(&packets, pair.endpoint_b());
     assert_eq!(
         completions.len(),
         rounds,

@@ -12,8 +12,30 @@ use wgpulse_tests::receiver::Receiver;
 
 use crate::report::{percentile, Part, Row};
 
+/// One event of the bench's stream, created now (its timestamp is the latency's start).
+fn event(i: usize) -> Event {
+    Event::new(
+        "bench",
+        "peer_metric",
+        "connect",
+        &format!("peer-{}", i % 1000),
+        serde_json::json!({"Status": {"IsConnected": true, "N": i}}),
+    )
+}
+
+/// How the bench offers its events to delivery.
+#[derive(Clone, Copy)]
+enum Offer {
+    /// All at once, as a burst (as `wgpulse run` accepts a full drain: up to 4096
+    /// per transaction).
+    Burst,
+    /// At a steady rate (events per second), created in 1 ms steps as they are
+    /// offered: each step's events are accepted together, as one drain's are.
+    Steady(f64),
+}
+
 /// Delivers `n` events through one webhook of `format`; returns (events/s, p50 ms, p99 ms).
-fn measure(format: &str, n: usize) -> (f64, f64, f64) {
+fn measure(format: &str, n: usize, offer: Offer) -> (f64, f64, f64) {
     let receiver = Receiver::start();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
@@ -30,21 +52,32 @@ fn measure(format: &str, n: usize) -> (f64, f64, f64) {
     let registry = prometheus::Registry::new();
     let delivery = wgpulse_tests::agent::start_delivery(&config, runtime.handle(), &registry);
     let (wall0, mono0) = (SystemTime::now(), Instant::now());
-    let events: Vec<Event> = (0..n)
-        .map(|i| {
-            Event::new(
-                "bench",
-                "peer_metric",
-                "connect",
-                &format!("peer-{}", i % 1000),
-                serde_json::json!({"Status": {"IsConnected": true, "N": i}}),
-            )
-        })
-        .collect();
+    let burst: Vec<Event> = match offer {
+        Offer::Burst => (0..n).map(event).collect(),
+        Offer::Steady(_) => Vec::new(),
+    };
     let started = Instant::now();
-    // As `wgpulse run` accepts: everything queued, up to EVENT_BATCH per transaction.
-    for chunk in events.chunks(4096) {
-        delivery.accept(chunk);
+    match offer {
+        Offer::Burst => {
+            // As `wgpulse run` accepts: everything queued, up to EVENT_BATCH per
+            // transaction.
+            for chunk in burst.chunks(4096) {
+                delivery.accept(chunk);
+            }
+        }
+        Offer::Steady(rate) => {
+            let mut offered = 0;
+            while offered < n {
+                let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(n);
+                if due > offered {
+                    let events: Vec<Event> = (offered..due).map(event).collect();
+                    delivery.accept(&events);
+                    offered = due;
+                }
+                // The pace itself: the next step's events are due in 1 ms.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut received = 0;
@@ -110,10 +143,13 @@ pub fn run(quick: bool) -> Part {
     let mut part = Part::new(
         "delivery",
         "Webhook and NATS delivery",
-        &format!("{batched_n} events batched (500 per request) and {single_n} single, to a loopback HTTP/1.1 receiver, outbox fsynced; latency from event creation to arrival. NATS: {batched_n} events to an R1 stream (one server) and an R3 stream (three-node cluster) on loopback, outbox fsynced, to the last PubAck; latency from event creation to the stream storing it (its own timestamps)"),
+        &format!("{batched_n} events batched (500 per request) and {single_n} single, to a loopback HTTP/1.1 receiver, outbox fsynced, offered at once; then a steady 5000 events/s (offered every 1 ms) in the batch format; latency from event creation to arrival. NATS: {batched_n} events to an R1 stream (one server) and an R3 stream (three-node cluster) on loopback, outbox fsynced, to the last PubAck; latency from event creation to the stream storing it (its own timestamps)"),
     );
-    let (batched, b50, b99) = measure("batch", batched_n);
-    let (single, s50, s99) = measure("single", single_n);
+    let (batched, b50, b99) = measure("batch", batched_n, Offer::Burst);
+    let (single, s50, s99) = measure("single", single_n, Offer::Burst);
+    // A steady 5k events/s for 10 s (2 s quick), batch format.
+    let steady_n = if quick { 10_000 } else { 50_000 };
+    let (steady, t50, t99) = measure("batch", steady_n, Offer::Steady(5_000.0));
     part.rows.push(
         Row::new("batched throughput", batched, "events/s")
             .target(">= 100000 events/s", batched >= 100_000.0),
@@ -125,6 +161,16 @@ pub fn run(quick: bool) -> Part {
     );
     part.rows.push(Row::new("single latency p50", s50, "ms"));
     part.rows.push(Row::new("single latency p99", s99, "ms"));
+    part.rows.push(Row::new(
+        "steady 5k events/s, batch format: throughput",
+        steady,
+        "events/s",
+    ));
+    part.rows
+        .push(Row::new("steady 5k events/s: latency p50", t50, "ms"));
+    part.rows.push(
+        Row::new("steady 5k events/s: latency p99", t99, "ms").target("< 100 ms", t99 < 100.0),
+    );
     for replicas in [1, 3] {
         let (rate, p50, p99) = measure_nats(replicas, batched_n);
         part.rows.push(

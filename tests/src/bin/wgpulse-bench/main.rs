@@ -10,6 +10,7 @@ mod drain;
 mod footprint;
 mod path;
 mod report;
+mod scale;
 mod scrape;
 mod tunnel;
 
@@ -22,6 +23,7 @@ const PARTS: &[&str] = &[
     "scrape",
     "delivery",
     "footprint",
+    "scale",
     "path",
 ];
 
@@ -67,6 +69,7 @@ fn main() {
             "scrape" => scrape::run(quick),
             "delivery" => delivery::run(quick),
             "footprint" => footprint::run(quick),
+            "scale" => scale::run(quick),
             "path" => path::run(quick),
             other => panic!("unknown part {other:?}: {}", PARTS.join(", ")),
         });

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wgpulse_tests::netns::NetNs;
 use wgpulse_tests::process::{wait_for, ChildGuard};
 
 use crate::bigdevice::{cpu_seconds, BigDevice, AGENT};
@@ -40,9 +41,9 @@ fn exporter() -> PathBuf {
     binary
 }
 
-/// Median wall ms of `scrapes` GETs of `url` from inside B's namespace, and the
-/// serving process's CPU ms per scrape.
-fn time_scrapes(device: &BigDevice, url: &str, pid: u32, scrapes: usize) -> (f64, f64) {
+/// Median wall ms of `scrapes` GETs of `url` from inside `ns`, and the serving
+/// process's CPU ms per scrape.
+pub fn time_scrapes(ns: &NetNs, url: &str, pid: u32, scrapes: usize) -> (f64, f64) {
     let script = format!(
         "import time, urllib.request\n\
          ts = []\n\
@@ -54,10 +55,7 @@ fn time_scrapes(device: &BigDevice, url: &str, pid: u32, scrapes: usize) -> (f64
          print(' '.join(str(t) for t in ts))\n"
     );
     let before = cpu_seconds(pid);
-    let out = device
-        .pair
-        .b
-        .run_timeout(&["python3", "-c", &script], Duration::from_secs(900));
+    let out = ns.run_timeout(&["python3", "-c", &script], Duration::from_secs(900));
     let cpu = (cpu_seconds(pid) - before) * 1000.0 / scrapes as f64;
     let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -91,7 +89,7 @@ pub fn run(quick: bool) -> Part {
             "every peer is exported"
         );
         let (ours, ours_cpu) = time_scrapes(
-            &device,
+            &device.pair.b,
             &format!("http://{AGENT}/metrics"),
             device.pid(),
             scrapes,
@@ -126,7 +124,7 @@ pub fn run(quick: bool) -> Part {
                 .0 == 200
             });
             let (theirs, theirs_cpu) = time_scrapes(
-                &device,
+                &device.pair.b,
                 &format!("http://{EXPORTER}/metrics"),
                 guard.id(),
                 scrapes,
