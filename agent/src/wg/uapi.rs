@@ -200,8 +200,8 @@ fn exchange(
             } else {
                 append_zeroizing(&mut pending, &rest[..end]);
                 let next = line(&pending);
+                // Wipes the whole capacity and empties it.
                 pending.zeroize();
-                pending.clear();
                 next
             };
             if next == Next::Stop {

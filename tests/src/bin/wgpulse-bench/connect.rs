@@ -81,6 +81,20 @@ pub fn completions(packets: &[Datagram], responder: SocketAddr) -> Vec<SystemTim
     completions
 }
 
+/// Milliseconds from each handshake's completion to its connect's arrival, in order.
+pub fn latencies_ms(completions: &[SystemTime], arrivals: &[SystemTime]) -> Vec<f64> {
+    completions
+        .iter()
+        .zip(arrivals)
+        .map(|(done, arrived)| {
+            arrived
+                .duration_since(*done)
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .unwrap_or(0.0)
+        })
+        .collect()
+}
+
 /// Runs the part.
 pub fn run(quick: bool) -> Part {
     let rounds = if quick { 5 } else { 40 };
@@ -159,16 +173,7 @@ pub fn run(quick: bool) -> Part {
     let latencies_at = |receiver: &Receiver| -> Vec<f64> {
         let arrivals = connects(receiver, wall0, mono0);
         assert_eq!(arrivals.len(), rounds, "one connect per round");
-        completions
-            .iter()
-            .zip(&arrivals)
-            .map(|(done, arrived)| {
-                arrived
-                    .duration_since(*done)
-                    .map(|d| d.as_secs_f64() * 1000.0)
-                    .unwrap_or(0.0)
-            })
-            .collect()
+        latencies_ms(&completions, &arrivals)
     };
     let latencies = latencies_at(&receiver);
     let batch_latencies = latencies_at(&batch_receiver);

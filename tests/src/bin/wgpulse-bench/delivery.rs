@@ -225,17 +225,7 @@ fn measure_nats(replicas: usize, n: usize) -> (f64, f64, f64) {
         assert!(Instant::now() < ready, "the NATS target did not get ready");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let events: Vec<Event> = (0..n)
-        .map(|i| {
-            Event::new(
-                "bench",
-                "peer_metric",
-                "connect",
-                &format!("peer-{}", i % 1000),
-                serde_json::json!({"Status": {"IsConnected": true, "N": i}}),
-            )
-        })
-        .collect();
+    let events: Vec<Event> = (0..n).map(event).collect();
     let started = Instant::now();
     for chunk in events.chunks(4096) {
         delivery.accept(chunk);

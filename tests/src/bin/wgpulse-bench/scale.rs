@@ -22,7 +22,7 @@ use wgpulse_tests::traffic;
 use wgpulse_tests::wireguard::{Underlay, WgDevice, WgKeys, WgPair};
 
 use crate::bigdevice::{rss_mib, AGENT};
-use crate::connect::{completions, connects};
+use crate::connect::{completions, connects, latencies_ms};
 use crate::report::{median, percentile, Part, Row};
 
 /// Source ports per synthetic endpoint address (ports 20000..60000).
@@ -269,16 +269,7 @@ fn measure(peers: usize, rounds: usize, scrapes: usize) -> Figures {
     let arrivals = connects(&receiver, wall0, mono0);
     assert_eq!(done.len(), rounds, "one completed handshake per round");
     assert_eq!(arrivals.len(), rounds, "one connect per round");
-    let latencies: Vec<f64> = done
-        .iter()
-        .zip(&arrivals)
-        .map(|(done, arrived)| {
-            arrived
-                .duration_since(*done)
-                .map(|d| d.as_secs_f64() * 1000.0)
-                .unwrap_or(0.0)
-        })
-        .collect();
+    let latencies = latencies_ms(&done, &arrivals);
     let rss = rss_mib(agent.child.id());
     agent.kill();
     drop(extra);
