@@ -37,6 +37,10 @@ impl PeerTable {
 
         for (id, pending) in std::mem::take(&mut self.pending) {
             match self.owner(&id) {
+                // It came while this read was in flight: the next read tells.
+                None if pending.since.is_some_and(|since| since >= read_started) => {
+                    self.pending.insert(id, pending);
+                }
                 Some(public_key) => {
                     let key = PeerKey {
                         device: id.0.clone(),
@@ -50,8 +54,11 @@ impl PeerTable {
                 None => self.add_unknown(&id, &pending.counters, now),
             }
         }
-        for (device, notice) in std::mem::take(&mut self.pending_notices) {
-            let outcome = self.apply_notice_inner(&device, &notice, now, false);
+        for (device, notice, arrived) in std::mem::take(&mut self.pending_notices) {
+            // One that came while this read was in flight waits for the next read
+            // if this one does not know its endpoint; an older one is unknown.
+            let wait = (arrived >= read_started).then_some(arrived);
+            let outcome = self.apply_notice_inner(&device, &notice, now, wait);
             changes.extend(outcome.changes);
         }
         changes.extend(self.tick(now));

@@ -195,9 +195,13 @@ pub struct NoticeOutcome {
 
 type EndpointId = (String, SocketAddr);
 
-/// Traffic of an endpoint nobody owned at drain time, kept until the next device read.
+/// Traffic of an endpoint nobody owned at drain time, kept until a device read that
+/// began after it arrived.
 #[derive(Clone, Debug, Default)]
 struct Pending {
+    /// The drain that first brought it (a read that began before may not know the
+    /// endpoint's peer yet).
+    since: Option<SystemTime>,
     counters: WireCounters,
     path: path::PathTotals,
     last_rx: Option<SystemTime>,
@@ -218,7 +222,8 @@ pub struct PeerTable {
     /// Endpoints left by a roam, still the peer's until the first drain after the roam.
     former: HashMap<EndpointId, (PublicKey, SystemTime)>,
     pending: HashMap<EndpointId, Pending>,
-    pending_notices: Vec<(String, SessionNotice)>,
+    /// Notices of endpoints nobody owned, with when they arrived.
+    pending_notices: Vec<(String, SessionNotice, SystemTime)>,
     /// Completed handshakes to report at the next drain.
     handshakes_due: Vec<(PeerKey, Role, SocketAddr, SystemTime, Option<Duration>)>,
     /// Names from `peers_file`.
@@ -240,6 +245,11 @@ impl PeerTable {
             handshakes_due: Vec::new(),
             names: HashMap::new(),
         }
+    }
+
+    /// Whether a session notice waits for a device read (one that begins after it).
+    pub fn awaits_read(&self) -> bool {
+        !self.pending_notices.is_empty()
     }
 
     /// Replaces the names from `peers_file`; every peer's `name` follows at once.

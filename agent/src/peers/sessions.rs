@@ -15,7 +15,7 @@ impl PeerTable {
         notice: &SessionNotice,
         now: SystemTime,
     ) -> NoticeOutcome {
-        self.apply_notice_inner(device, notice, now, true)
+        self.apply_notice_inner(device, notice, now, Some(now))
     }
 
     pub(super) fn apply_notice_inner(
@@ -23,7 +23,7 @@ impl PeerTable {
         device: &str,
         notice: &SessionNotice,
         now: SystemTime,
-        may_wait: bool,
+        wait_since: Option<SystemTime>,
     ) -> NoticeOutcome {
         let mut outcome = NoticeOutcome::default();
         match notice {
@@ -39,9 +39,9 @@ impl PeerTable {
                     .owner(&id)
                     .or_else(|| self.former.get(&id).map(|(key, _)| *key));
                 let Some(public_key) = owner else {
-                    if may_wait {
+                    if let Some(arrived) = wait_since {
                         self.pending_notices
-                            .push((device.to_owned(), notice.clone()));
+                            .push((device.to_owned(), notice.clone(), arrived));
                         outcome.needs_refresh = true;
                     } else if let Some(state) = self.devices.get_mut(device) {
                         state.unknown.handshakes_completed += 1;
@@ -89,7 +89,7 @@ impl PeerTable {
                     .or_else(|| self.former.get(&previous_id).map(|(key, _)| *key));
                 let Some(public_key) = owner else {
                     // Nobody owned the session's old endpoint: the next read tells.
-                    outcome.needs_refresh = may_wait;
+                    outcome.needs_refresh = wait_since.is_some();
                     return outcome;
                 };
                 let key = PeerKey {

@@ -405,6 +405,35 @@ fn a_new_peers_handshake_waits_for_the_read_then_creates_and_connects() {
 }
 
 #[test]
+fn a_handshake_during_a_read_waits_for_the_next_read_when_this_one_lacks_its_peer() {
+    // The read began at t(1); the peer was added and shook hands at t(2), while it
+    // was in flight (the reader thread), so the read does not list it.
+    let mut table = table_with(vec![], t(0));
+    table.apply_samples(&[sample("192.0.2.9:9000", 1, 148)], t(2));
+    let outcome = table.apply_notice(DEV, &completed("192.0.2.9:9000", t(2)), t(2));
+    assert!(outcome.needs_refresh);
+    let changes = table.apply_devices(&[device(vec![])], t(1), t(3));
+    assert!(changes.is_empty(), "{:?}", names(&changes));
+    assert!(
+        table.awaits_read(),
+        "the notice waits for a read that began after it"
+    );
+    assert_eq!(table.device(DEV).unwrap().unknown.handshakes_completed, 0);
+    assert_eq!(table.device(DEV).unwrap().unknown.endpoints_seen, 0);
+
+    let changes = table.apply_devices(
+        &[device(vec![wg_peer(9, "192.0.2.9:9000", Some(t(2)))])],
+        t(3),
+        t(4),
+    );
+    assert_eq!(names(&changes), ["peer.Create:9[]", "connect:9"]);
+    assert!(!table.awaits_read());
+    let peer = table.peer(DEV, &key(9)).unwrap();
+    assert_eq!(peer.handshakes_responded, 1);
+    assert_eq!((peer.wire.rx_packets, peer.wire.rx_bytes), (1, 148));
+}
+
+#[test]
 fn a_stray_sender_stays_unknown() {
     let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", None)], t(0));
     table.apply_samples(&[sample("203.0.113.5:4444", 0, 0)], t(1)); // nothing: ignored

@@ -28,6 +28,7 @@ impl PeerTable {
                 Some(peer) => add_traffic(peer, &counters, sample.last_rx, sample.last_tx),
                 None => {
                     let pending = self.pending.entry(id).or_default();
+                    pending.since.get_or_insert(taken_at);
                     pending.counters.add_counters(&counters);
                     pending.last_rx = pending.last_rx.max(sample.last_rx);
                     pending.last_tx = pending.last_tx.max(sample.last_tx);

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 pub mod device_ids;
+mod device_reader;
 mod drained;
 mod emit;
 pub mod read_through;
@@ -31,8 +32,9 @@ use crate::peers::save_schedule::SaveSchedule;
 use crate::peers::PeerTable;
 use crate::snapshot::{SessionNotice, Snapshot};
 use crate::status::{AgentStatus, Shared};
-use crate::wg::Device;
+use crate::wg::{Device, DiscoveryOptions};
 use device_ids::DeviceIds;
+use device_reader::DeviceReader;
 
 /// Errors starting the agent.
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +193,15 @@ pub fn start(
         .spawn(move || drain.run(interval, send, drain_stop))
         .map_err(|e| AgentError::Thread("drain", e))?;
 
+    // Spawned here, in the caller's network namespace (a thread inherits its
+    // creator's), like the pipeline thread.
+    let reader = DeviceReader::start(DiscoveryOptions {
+        socket_dir: config.wireguard_socket_dir.clone(),
+        only: config.devices.clone(),
+    })
+    .map_err(|e| AgentError::Thread("device reader", e))?;
     let mut pipeline = Pipeline {
+        reader,
         node: config.node.clone(),
         alerts: AlertEngine::new(config.alerts.clone()),
         names: config.peers_file.clone().map(NamesWatcher::new),
@@ -258,6 +268,8 @@ fn load_table(file: &StateFile, disconnect_after: Duration) -> PeerTable {
 /// Owns the datapath's control side and turns drained data into state and events.
 struct Pipeline {
     config: PipelineSettings,
+    /// Reads the devices on its own thread.
+    reader: DeviceReader,
     node: String,
     datapath: Datapath,
     ids: DeviceIds,

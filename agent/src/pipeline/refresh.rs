@@ -4,34 +4,42 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Instant, SystemTime};
 
+use super::device_reader::DeviceRead;
 use super::{Observation, Pipeline};
 use crate::datapath::links;
 use crate::peers::names::NamesWatcher;
-use crate::wg::{self, Device, DiscoveryOptions};
+use crate::wg::{self, Device};
 
 impl Pipeline {
-    /// Re-reads devices and interfaces; updates the port map, the attachments and
-    /// the peer table.
+    /// Reads the devices now and applies the read (the first read, before the loop).
     pub(super) fn refresh(&mut self) {
-        let started = Instant::now();
-        self.read_devices();
-        let took = started.elapsed();
+        if let Some(read) = self.reader.read_now() {
+            self.apply_read(read);
+        }
+    }
+
+    /// Applies a completed device read: updates the port map, the attachments and
+    /// the peer table, and asks for another read when a notice still waits for one.
+    pub(super) fn apply_read(&mut self, read: DeviceRead) {
         self.shared
             .status
             .write()
             .expect("not poisoned")
-            .last_device_read = took;
-        self.shared.read_through.completed(started, took);
+            .last_device_read = read.took;
+        self.apply_devices(read.result, read.started_wall);
+        self.shared.read_through.completed(read.started, read.took);
+        if self.table().awaits_read() {
+            // The notices that came during this read wait for the next.
+            self.reader.request(true);
+        }
     }
 
-    /// Re-reads devices and interfaces (see [`Pipeline::refresh`]).
-    pub(super) fn read_devices(&mut self) {
-        let options = DiscoveryOptions {
-            socket_dir: self.config.wireguard_socket_dir.clone(),
-            only: self.config.devices.clone(),
-        };
-        let read_started = SystemTime::now();
-        let devices = match wg::discover_all(&options) {
+    fn apply_devices(
+        &mut self,
+        result: Result<wg::Discovered, wg::DiscoveryError>,
+        read_started: SystemTime,
+    ) {
+        let devices = match result {
             Ok(mut found) => {
                 // A device that exists but did not answer (stopped or busy daemon)
                 // is not gone: keep its last reading rather than report a delete.

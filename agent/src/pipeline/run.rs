@@ -1,6 +1,7 @@
 //! The pipeline thread's loop: waits for a drain, a session notice, a scrape's read
-//! request or the next timer (device refresh, handshake expiry, state save), and does
-//! what is due.
+//! request, a completed device read or the next timer (device refresh, handshake
+//! expiry, state save), and does what is due. Device reads run on the reader thread
+//! (`device_reader`): drains and notices are handled while one is in flight.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,9 +26,10 @@ impl Pipeline {
         let mut table_changed = true;
         let mut next_expiry: Option<SystemTime> = None;
         while !stop.load(Ordering::Relaxed) {
-            let mut timeout = next_refresh
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100));
+            let mut timeout = Duration::from_millis(100);
+            if !self.reader.in_flight() {
+                timeout = timeout.min(next_refresh.saturating_duration_since(Instant::now()));
+            }
             if let Some(expiry) = next_expiry {
                 let until = expiry
                     .duration_since(SystemTime::now())
@@ -39,6 +41,7 @@ impl Pipeline {
             }
             let mut refresh_now = false;
             let mut scrape_asked = false;
+            let results = self.reader.results().clone();
             crossbeam_channel::select! {
                 recv(receive) -> message => match message {
                     // Counters only: a drain moves no handshake time, so the
@@ -52,19 +55,32 @@ impl Pipeline {
                     Err(_) => break,
                 },
                 recv(read_requests) -> _ => scrape_asked = true,
+                recv(results) -> read => {
+                    if let Ok(read) = read {
+                        // Applied first: a request it makes joins the one
+                        // remembered while this read was in flight.
+                        self.apply_read(read);
+                        self.reader.completed();
+                        next_refresh = Instant::now() + self.config.refresh_interval;
+                        table_changed = true;
+                    }
+                }
                 default(timeout) => {}
             }
-            if refresh_now || scrape_asked || Instant::now() >= next_refresh {
-                if refresh_now {
-                    self.shared
-                        .status
-                        .write()
-                        .expect("not poisoned")
-                        .immediate_refreshes += 1;
-                }
-                self.refresh();
-                next_refresh = Instant::now() + self.config.refresh_interval;
-                table_changed = true;
+            if refresh_now {
+                self.shared
+                    .status
+                    .write()
+                    .expect("not poisoned")
+                    .immediate_refreshes += 1;
+            }
+            // A notice that waits for a read needs one that starts after it; a
+            // scrape is served by the read in flight (it is at most one read
+            // duration old, within the read-through rule); the timer by any.
+            if refresh_now {
+                self.reader.request(true);
+            } else if scrape_asked || Instant::now() >= next_refresh {
+                self.reader.request(false);
             }
             let now = SystemTime::now();
             if table_changed || next_expiry.is_some_and(|expiry| now >= expiry) {

@@ -25,3 +25,4 @@ mod nats;
 mod paths;
 mod peers;
 mod secrets;
+mod slow_read;

@@ -1,0 +1,164 @@
+//! Device reads off the pipeline thread. Reading a userspace device of 10k peers
+//! takes about 50 ms (100k: about half a second), and a read that waits for a busy
+//! daemon up to its 2 s timeout; while the pipeline thread did the read itself, a
+//! handshake that completed meanwhile reached the receiver only after it. The reader
+//! thread does the reads (netlink and UAPI, nothing else) and hands each result
+//! back; the pipeline keeps handling drains and session notices while one is in
+//! flight, and applies the result to the table when it arrives.
+//!
+//! At most one read is in flight. A request while one is in flight is remembered
+//! (once) and sent when the result arrives, since the read in flight may have started
+//! before what prompted the request (a handshake from a peer just added).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::wg::{self, DiscoveryOptions};
+
+/// One completed read.
+#[derive(Debug)]
+pub struct DeviceRead {
+    /// When it began (monotonic, for the read-through rule).
+    pub started: Instant,
+    /// When it began (wall clock: what came after it is newer than the read).
+    pub started_wall: SystemTime,
+    /// How long it took.
+    pub took: Duration,
+    /// The devices, or why none could be listed.
+    pub result: Result<wg::Discovered, wg::DiscoveryError>,
+}
+
+/// The pipeline's handle on the reader thread.
+pub struct DeviceReader {
+    requests: Sender<()>,
+    results: Receiver<DeviceRead>,
+    in_flight: bool,
+    again: bool,
+}
+
+impl DeviceReader {
+    /// Starts the reader thread. It ends when the handle is dropped (after the read
+    /// it may be doing).
+    pub fn start(options: DiscoveryOptions) -> std::io::Result<Self> {
+        let (requests, requested) = crossbeam_channel::bounded::<()>(1);
+        let (done, results) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name("wgpulse-devices".into())
+            .spawn(move || {
+                for () in requested {
+                    if done.send(read(&options)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            requests,
+            results,
+            in_flight: false,
+            again: false,
+        })
+    }
+
+    /// Where completed reads arrive (for the pipeline's `select!`); pass each to
+    /// [`DeviceReader::completed`].
+    pub fn results(&self) -> &Receiver<DeviceRead> {
+        &self.results
+    }
+
+    /// Whether a read is in flight.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Asks for a read. With one in flight, `after_current` asks for another once it
+    /// completes (the one in flight may predate the reason); without, nothing more.
+    pub fn request(&mut self, after_current: bool) {
+        if self.in_flight {
+            self.again |= after_current;
+            return;
+        }
+        // The thread takes each request before it reads, so the slot is free; a
+        // disconnected thread (it panicked) leaves the devices as last read.
+        if self.requests.send(()).is_ok() {
+            self.in_flight = true;
+        }
+    }
+
+    /// Records that `results` delivered a read; sends the remembered request, if any.
+    pub fn completed(&mut self) {
+        self.in_flight = false;
+        if std::mem::take(&mut self.again) {
+            self.request(false);
+        }
+    }
+
+    /// Reads now and waits for the result (the first read, before the loop runs).
+    pub fn read_now(&mut self) -> Option<DeviceRead> {
+        self.request(false);
+        let read = self.results.recv().ok();
+        self.completed();
+        read
+    }
+}
+
+fn read(options: &DiscoveryOptions) -> DeviceRead {
+    let started = Instant::now();
+    let started_wall = SystemTime::now();
+    let result = wg::discover_all(options);
+    DeviceRead {
+        started,
+        started_wall,
+        took: started.elapsed(),
+        result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader_of_empty_dir() -> (DeviceReader, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = DeviceReader::start(DiscoveryOptions {
+            socket_dir: dir.path().to_owned(),
+            // A name no kernel device has: the read lists nothing, quickly.
+            only: vec!["wgpulse-none".into()],
+        })
+        .unwrap();
+        (reader, dir)
+    }
+
+    #[test]
+    fn a_request_during_a_read_is_sent_once_when_it_completes() {
+        let (mut reader, _dir) = reader_of_empty_dir();
+        reader.request(false);
+        assert!(reader.in_flight());
+        // Two asks while in flight: one more read, not two.
+        reader.request(true);
+        reader.request(true);
+        let first = reader.results().recv().unwrap();
+        reader.completed();
+        assert!(reader.in_flight(), "the remembered request was sent");
+        let second = reader.results().recv().unwrap();
+        assert!(second.started >= first.started + first.took);
+        reader.completed();
+        assert!(!reader.in_flight());
+        assert!(reader
+            .results()
+            .recv_timeout(Duration::from_millis(200))
+            .is_err());
+    }
+
+    #[test]
+    fn a_request_without_after_current_shares_the_read_in_flight() {
+        let (mut reader, _dir) = reader_of_empty_dir();
+        reader.request(false);
+        reader.request(false);
+        reader.results().recv().unwrap();
+        reader.completed();
+        assert!(!reader.in_flight());
+        assert!(reader.read_now().is_some());
+        assert!(!reader.in_flight());
+    }
+}
