@@ -359,7 +359,6 @@ pub fn encode_peers(shared: &Shared, out: &mut String) {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
 
