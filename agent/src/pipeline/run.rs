@@ -67,17 +67,15 @@ impl Pipeline {
                 }
                 default(timeout) => {}
             }
+            // A notice that waits for a read needs one that starts after it; a
+            // scrape is served by the read in flight (it is at most one read
+            // duration old, within the read-through rule); the timer by any.
             if refresh_now {
                 self.shared
                     .status
                     .write()
                     .expect("not poisoned")
                     .immediate_refreshes += 1;
-            }
-            // A notice that waits for a read needs one that starts after it; a
-            // scrape is served by the read in flight (it is at most one read
-            // duration old, within the read-through rule); the timer by any.
-            if refresh_now {
                 self.reader.request(true);
             } else if scrape_asked || Instant::now() >= next_refresh {
                 self.reader.request(false);
