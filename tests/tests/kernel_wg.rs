@@ -575,8 +575,7 @@ fn a_scrape_right_after_traffic_equals_wg_show_with_kernel_wireguard() {
         shared
             .read_through
             .refresh_for_scrape(std::time::Instant::now());
-        let mut exposition = String::new();
-        wgpulse::metrics::encode_peers(&shared, &mut exposition);
+        let exposition = wgpulse::metrics::peer_exposition(&shared);
         let value = |name: &str| {
             exposition
                 .lines()

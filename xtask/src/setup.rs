@@ -25,6 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "nats-server",
     "nftables",
+    "curl",
 ];
 
 /// The nightly used for the BPF target when the installed `nightly` has another LLVM.

@@ -31,8 +31,13 @@ pub fn time(at: Option<SystemTime>) -> Value {
 /// wg-portal's default display name: `Peer ` and the key's first 8 characters.
 pub fn display_name(public_key: &PublicKey) -> String {
     let key = public_key.to_base64();
-    format!("Peer {}", &key[..8])
+    format!("{DISPLAY_NAME_PREFIX}{}", &key[..DISPLAY_NAME_KEY_CHARS])
 }
+
+/// The default display name's prefix, before the first characters of the key.
+pub const DISPLAY_NAME_PREFIX: &str = "Peer ";
+/// How many characters of the base64 key the default display name has.
+pub const DISPLAY_NAME_KEY_CHARS: usize = 8;
 
 fn driver(kind: DeviceKind) -> &'static str {
     match kind {

@@ -1,6 +1,8 @@
 //! Prometheus metrics built at scrape time: no second copy of per-peer state, and a
-//! removed peer leaves no stale series. Per-peer and per-device series are written
-//! straight from the live peer table into the text exposition ([`encode_peers`]);
+//! removed peer leaves no stale series. Per-peer and per-device series are copied
+//! out of the live peer table under its lock ([`snapshot::Snapshot`], a fifth of the
+//! text's size) and written from that copy into the text exposition in chunks
+//! ([`encode_peers`], [`chunks`]) that the HTTP body sends as they fill;
 //! the agent's own metrics come from a `prometheus` Collector ([`AgentCollector`])
 //! and the delivery metrics from the registry. Per-peer series carry only `device`
 //! and `public_key` (low cardinality); endpoint, allowed IPs and name are on
@@ -17,7 +19,9 @@
 //! are `wgpulse_peer_wire_receive_bytes_total` / `transmit`, so what WireGuard rejected
 //! or the socket dropped is one subtraction away.
 
+pub mod chunks;
 pub mod peers;
+pub mod snapshot;
 
 pub use peers::encode_peers;
 
@@ -29,6 +33,16 @@ use prometheus::proto::MetricFamily;
 use prometheus::{CounterVec, GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 
 use crate::status::Shared;
+
+/// The per-peer and per-device exposition of `shared`'s table as one string (what
+/// `/metrics` sends in chunks), for callers that want it whole.
+pub fn peer_exposition(shared: &Shared) -> String {
+    let snapshot = {
+        let table = shared.table.read().expect("not poisoned");
+        snapshot::Snapshot::take(&table, SystemTime::now())
+    };
+    chunks::collect(chunks::CHUNK_BYTES, |out| encode_peers(&snapshot, out))
+}
 
 fn unix(at: Option<SystemTime>) -> f64 {
     at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())

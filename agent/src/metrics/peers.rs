@@ -1,14 +1,14 @@
-//! The per-peer and per-device series, written straight from the live table into the
-//! text exposition at scrape time (no second copy of per-peer state; a removed peer
-//! leaves no stale series).
+//! The per-peer and per-device series, written from a [`Snapshot`] of the live table
+//! into the text exposition in chunks (no second copy of per-peer state between
+//! scrapes; a removed peer leaves no stale series).
 
 use std::fmt::Write as _;
 
-use super::unix;
-use crate::status::Shared;
+use super::chunks::{ChunkWriter, Gone};
+use super::snapshot::{Snapshot, COUNTERS as COUNTER_COUNT};
 
 /// A label value escaped for the text exposition.
-fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn escape(value: &str) -> std::borrow::Cow<'_, str> {
     if value.contains(['\\', '"', '\n']) {
         value
             .replace('\\', "\\\\")
@@ -21,7 +21,7 @@ fn escape(value: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Appends `name{labels} value` and a newline: the per-peer sample line, written
-/// without `core::fmt` (tens of thousands of them per scrape at 10k peers).
+/// without `core::fmt` (hundreds of thousands of them per scrape at 10k peers).
 fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
     out.push_str(name);
     out.push('{');
@@ -31,242 +31,221 @@ fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
     out.push('\n');
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+fn header(out: &mut ChunkWriter<'_>, name: &str, help: &str, kind: &str) -> Result<(), Gone> {
+    let _ = writeln!(out.text(), "# HELP {name} {help}\n# TYPE {name} {kind}");
+    out.line_done()
 }
+
+/// The per-peer counter families, in the order of [`Snapshot::counters`].
+pub const COUNTERS: [(&str, &str); COUNTER_COUNT] = [
+    (
+        "wireguard_peer_receive_bytes_total",
+        "Bytes WireGuard accepted from the peer (its own counter, as wg show reports it).",
+    ),
+    (
+        "wireguard_peer_transmit_bytes_total",
+        "Bytes WireGuard sent to the peer (its own counter, as wg show reports it).",
+    ),
+    (
+        "wireguard_peer_receive_packets_total",
+        "Valid WireGuard datagrams received from the peer (wire view).",
+    ),
+    (
+        "wireguard_peer_transmit_packets_total",
+        "WireGuard datagrams sent to the peer (wire view).",
+    ),
+    (
+        "wgpulse_peer_wire_receive_bytes_total",
+        "UDP payload bytes of valid WireGuard datagrams received from the peer (wire view).",
+    ),
+    (
+        "wgpulse_peer_wire_transmit_bytes_total",
+        "UDP payload bytes of WireGuard datagrams sent to the peer (wire view).",
+    ),
+    (
+        "wireguard_peer_handshakes_completed_total",
+        "Handshakes with the peer that completed (seen by the datapath).",
+    ),
+    (
+        "wireguard_peer_socket_drops_total",
+        "Datagrams from the peer dropped before WireGuard read them.",
+    ),
+    (
+        "wireguard_peer_invalid_packets_total",
+        "Datagrams from the peer's endpoint that were not WireGuard messages.",
+    ),
+    (
+        "wgpulse_peer_receive_data_packets_total",
+        "Distinct data messages (keepalives included) received from the peer, by their counters (wire view).",
+    ),
+    (
+        "wgpulse_peer_receive_lost_packets_total",
+        "Data messages the peer numbered that never reached us (gaps in its counters).",
+    ),
+    (
+        "wgpulse_peer_receive_reordered_packets_total",
+        "Data messages from the peer that arrived below the highest counter seen (late).",
+    ),
+    (
+        "wgpulse_peer_receive_duplicate_packets_total",
+        "Data messages from the peer whose counter was already seen (within a 64-message window).",
+    ),
+    (
+        "wgpulse_peer_transmit_data_packets_total",
+        "Distinct data messages sent to the peer, by their counters (wire view).",
+    ),
+    (
+        "wgpulse_peer_transmit_unsent_packets_total",
+        "Data messages our WireGuard numbered for the peer that never reached the wire (local drops).",
+    ),
+];
+
+/// The kernel-mode families: name, help, type, in the order of [`Snapshot::kernel`].
+const KERNEL_MODE: [(&str, &str, &str); 4] = [
+    (
+        "wgpulse_peer_kernel_receive_bytes_total",
+        "Bytes WireGuard accepted from the peer, read from the kernel at every drain (kernel-mode attribution).",
+        "counter",
+    ),
+    (
+        "wgpulse_peer_kernel_transmit_bytes_total",
+        "Bytes WireGuard sent to the peer, read from the kernel at every drain (kernel-mode attribution).",
+        "counter",
+    ),
+    (
+        "wgpulse_peer_rejected_receive_bytes",
+        "Received bytes on the wire that WireGuard did not accept (invalid, replayed, unauthenticated, cookie replies, socket drops) since the first quiet drain of this run.",
+        "gauge",
+    ),
+    (
+        "wgpulse_peer_unaccounted_transmit_bytes",
+        "Sent bytes on the wire that WireGuard's counter does not hold (cookie replies) since the first quiet drain of this run.",
+        "gauge",
+    ),
+];
+
+/// The round-trip gauges, in the order of [`Snapshot::rtt`].
+const RTT: [(&str, &str); 2] = [
+    (
+        "wgpulse_peer_handshake_rtt_seconds",
+        "Round trip of the peer's last handshake, timed by the datapath (initiation out to response in, or response out to the first data in).",
+    ),
+    (
+        "wgpulse_peer_handshake_rtt_min_seconds",
+        "Smallest handshake round trip of the last hour.",
+    ),
+];
 
 /// The kernel-mode families, for the peers that have a kernel-mode view (none
 /// without kernel-mode attribution: the families are left out then).
-fn encode_kernel_mode(peers: &[&crate::peers::PeerState], labels: &[String], out: &mut String) {
-    use crate::peers::KernelView;
-    let with_view: Vec<(&KernelView, &String)> = peers
-        .iter()
-        .zip(labels)
-        .filter_map(|(p, l)| p.kernel.as_ref().map(|k| (k, l)))
-        .collect();
-    if with_view.is_empty() {
-        return;
+fn encode_kernel_mode(snapshot: &Snapshot, out: &mut ChunkWriter<'_>) -> Result<(), Gone> {
+    if snapshot.kernel.iter().all(Option::is_none) {
+        return Ok(());
     }
-    type Value = fn(&KernelView) -> Option<i64>;
-    let families: [(&str, &str, &str, Value); 4] = [
-        (
-            "wgpulse_peer_kernel_receive_bytes_total",
-            "Bytes WireGuard accepted from the peer, read from the kernel at every drain (kernel-mode attribution).",
-            "counter",
-            |k| Some(k.rx_bytes as i64),
-        ),
-        (
-            "wgpulse_peer_kernel_transmit_bytes_total",
-            "Bytes WireGuard sent to the peer, read from the kernel at every drain (kernel-mode attribution).",
-            "counter",
-            |k| Some(k.tx_bytes as i64),
-        ),
-        (
-            "wgpulse_peer_rejected_receive_bytes",
-            "Received bytes on the wire that WireGuard did not accept (invalid, replayed, unauthenticated, cookie replies, socket drops) since the first quiet drain of this run.",
-            "gauge",
-            |k| k.rejected_rx_bytes,
-        ),
-        (
-            "wgpulse_peer_unaccounted_transmit_bytes",
-            "Sent bytes on the wire that WireGuard's counter does not hold (cookie replies) since the first quiet drain of this run.",
-            "gauge",
-            |k| k.unaccounted_tx_bytes,
-        ),
-    ];
-    for (name, help, kind, value) in families {
-        header(out, name, help, kind);
-        for (view, labels) in &with_view {
-            if let Some(value) = value(view) {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    for (i, (name, help, kind)) in KERNEL_MODE.into_iter().enumerate() {
+        header(out, name, help, kind)?;
+        for (peer, kernel) in snapshot.kernel.iter().enumerate() {
+            if let Some(value) = kernel.and_then(|k| k[i]) {
+                let labels = snapshot.labels(peer);
+                let _ = writeln!(out.text(), "{name}{{{labels}}} {value}");
+                out.line_done()?;
             }
         }
     }
+    Ok(())
 }
 
 /// The round-trip gauges, for the peers with a sample.
-fn encode_rtt(peers: &[&crate::peers::PeerState], labels: &[String], out: &mut String) {
-    let now = std::time::SystemTime::now();
-    type Sample = fn(&crate::peers::PeerState, std::time::SystemTime) -> Option<f64>;
-    let families: [(&str, &str, Sample); 2] = [
-        (
-            "wgpulse_peer_handshake_rtt_seconds",
-            "Round trip of the peer's last handshake, timed by the datapath (initiation out to response in, or response out to the first data in).",
-            |p, _| p.path.last_rtt().map(|s| s.seconds()),
-        ),
-        (
-            "wgpulse_peer_handshake_rtt_min_seconds",
-            "Smallest handshake round trip of the last hour.",
-            |p, now| p.path.min_rtt(now).map(|s| s.seconds()),
-        ),
-    ];
-    for (name, help, value) in families {
-        header(out, name, help, "gauge");
-        for (peer, labels) in peers.iter().zip(labels) {
-            if let Some(seconds) = value(peer, now) {
-                let _ = writeln!(out, "{name}{{{labels}}} {seconds}");
+fn encode_rtt(snapshot: &Snapshot, out: &mut ChunkWriter<'_>) -> Result<(), Gone> {
+    for ((name, help), column) in RTT.into_iter().zip(&snapshot.rtt) {
+        header(out, name, help, "gauge")?;
+        for (peer, seconds) in column.iter().enumerate() {
+            if let Some(seconds) = seconds {
+                let labels = snapshot.labels(peer);
+                let _ = writeln!(out.text(), "{name}{{{labels}}} {seconds}");
+                out.line_done()?;
             }
         }
     }
+    Ok(())
 }
 
 /// The per-device histogram of handshake round trips.
-fn encode_rtt_histograms(devices: &[&crate::peers::DeviceState], out: &mut String) {
+fn encode_rtt_histograms(snapshot: &Snapshot, out: &mut ChunkWriter<'_>) -> Result<(), Gone> {
     let name = "wgpulse_device_handshake_rtt_seconds";
     header(
         out,
         name,
         "Handshake round trips of the device's peers, timed by the datapath.",
         "histogram",
-    );
-    for device in devices {
+    )?;
+    for device in &snapshot.devices {
         let device_label = escape(&device.name);
         let h = &device.rtt;
+        let text = out.text();
         for (bound, count) in h.cumulative() {
             let _ = writeln!(
-                out,
+                text,
                 "{name}_bucket{{device=\"{device_label}\",le=\"{bound}\"}} {count}"
             );
         }
         let _ = writeln!(
-            out,
+            text,
             "{name}_bucket{{device=\"{device_label}\",le=\"+Inf\"}} {}",
             h.count
         );
         let _ = writeln!(
-            out,
+            text,
             "{name}_sum{{device=\"{device_label}\"}} {}",
             h.sum_nanos as f64 / 1e9
         );
-        let _ = writeln!(out, "{name}_count{{device=\"{device_label}\"}} {}", h.count);
+        let _ = writeln!(
+            text,
+            "{name}_count{{device=\"{device_label}\"}} {}",
+            h.count
+        );
+        out.line_done()?;
     }
+    Ok(())
 }
 
-/// Writes every per-peer and per-device family from the live table in the text
-/// exposition format.
-pub fn encode_peers(shared: &Shared, out: &mut String) {
-    use crate::peers::PeerState;
-    let table = shared.table.read().expect("not poisoned");
-    let peers: Vec<&PeerState> = table.peers().collect();
-    let labels: Vec<String> = peers
-        .iter()
-        .map(|p| {
-            format!(
-                "device=\"{}\",public_key=\"{}\"",
-                escape(&p.key.device),
-                p.key.public_key.to_base64()
-            )
-        })
-        .collect();
-    out.reserve(peers.len() * 1600);
-    type Value = fn(&PeerState) -> u64;
-    let counters: [(&str, &str, Value); 15] = [
-        (
-            "wireguard_peer_receive_bytes_total",
-            "Bytes WireGuard accepted from the peer (its own counter, as wg show reports it).",
-            |p| p.wg.rx_bytes,
-        ),
-        (
-            "wireguard_peer_transmit_bytes_total",
-            "Bytes WireGuard sent to the peer (its own counter, as wg show reports it).",
-            |p| p.wg.tx_bytes,
-        ),
-        (
-            "wireguard_peer_receive_packets_total",
-            "Valid WireGuard datagrams received from the peer (wire view).",
-            |p| p.wire.rx_packets,
-        ),
-        (
-            "wireguard_peer_transmit_packets_total",
-            "WireGuard datagrams sent to the peer (wire view).",
-            |p| p.wire.tx_packets,
-        ),
-        (
-            "wgpulse_peer_wire_receive_bytes_total",
-            "UDP payload bytes of valid WireGuard datagrams received from the peer (wire view).",
-            |p| p.wire.rx_bytes,
-        ),
-        (
-            "wgpulse_peer_wire_transmit_bytes_total",
-            "UDP payload bytes of WireGuard datagrams sent to the peer (wire view).",
-            |p| p.wire.tx_bytes,
-        ),
-        (
-            "wireguard_peer_handshakes_completed_total",
-            "Handshakes with the peer that completed (seen by the datapath).",
-            |p| p.handshakes_completed(),
-        ),
-        (
-            "wireguard_peer_socket_drops_total",
-            "Datagrams from the peer dropped before WireGuard read them.",
-            |p| p.wire.socket_drops,
-        ),
-        (
-            "wireguard_peer_invalid_packets_total",
-            "Datagrams from the peer's endpoint that were not WireGuard messages.",
-            |p| p.wire.rx_invalid_packets,
-        ),
-        (
-            "wgpulse_peer_receive_data_packets_total",
-            "Distinct data messages (keepalives included) received from the peer, by their counters (wire view).",
-            |p| p.path.receive.packets,
-        ),
-        (
-            "wgpulse_peer_receive_lost_packets_total",
-            "Data messages the peer numbered that never reached us (gaps in its counters).",
-            |p| p.path.receive.lost,
-        ),
-        (
-            "wgpulse_peer_receive_reordered_packets_total",
-            "Data messages from the peer that arrived below the highest counter seen (late).",
-            |p| p.path.receive.late,
-        ),
-        (
-            "wgpulse_peer_receive_duplicate_packets_total",
-            "Data messages from the peer whose counter was already seen (within a 64-message window).",
-            |p| p.path.receive.duplicates,
-        ),
-        (
-            "wgpulse_peer_transmit_data_packets_total",
-            "Distinct data messages sent to the peer, by their counters (wire view).",
-            |p| p.path.transmit.packets,
-        ),
-        (
-            "wgpulse_peer_transmit_unsent_packets_total",
-            "Data messages our WireGuard numbered for the peer that never reached the wire (local drops).",
-            |p| p.path.transmit.lost,
-        ),
-    ];
-    for (name, help, value) in counters {
-        header(out, name, help, "counter");
-        for (peer, labels) in peers.iter().zip(&labels) {
-            sample(out, name, labels, value(peer));
+/// Writes every per-peer and per-device family of `snapshot` in the text exposition
+/// format; stops when the reader of the chunks went away.
+pub fn encode_peers(snapshot: &Snapshot, out: &mut ChunkWriter<'_>) -> Result<(), Gone> {
+    for ((name, help), column) in COUNTERS.into_iter().zip(&snapshot.counters) {
+        header(out, name, help, "counter")?;
+        for (peer, &value) in column.iter().enumerate() {
+            sample(out.text(), name, snapshot.labels(peer), value);
+            out.line_done()?;
         }
     }
-    encode_kernel_mode(&peers, &labels, out);
+    encode_kernel_mode(snapshot, out)?;
     let name = "wireguard_peer_handshakes_total";
-    header(out, name, "Handshake messages on the wire by direction (rx, tx) and type (initiation, response, cookie).", "counter");
-    for (peer, labels) in peers.iter().zip(&labels) {
-        let h = &peer.wire.handshakes;
-        for (direction, kind, value) in [
-            ("rx", "initiation", h.rx_initiations),
-            ("rx", "response", h.rx_responses),
-            ("rx", "cookie", h.rx_cookies),
-            ("tx", "initiation", h.tx_initiations),
-            ("tx", "response", h.tx_responses),
-            ("tx", "cookie", h.tx_cookies),
-        ] {
-            out.push_str(name);
-            out.push('{');
-            out.push_str(labels);
-            out.push_str(",direction=\"");
-            out.push_str(direction);
-            out.push_str("\",type=\"");
-            out.push_str(kind);
-            out.push_str("\"} ");
-            out.push_str(itoa::Buffer::new().format(value));
-            out.push('\n');
+    header(out, name, "Handshake messages on the wire by direction (rx, tx) and type (initiation, response, cookie).", "counter")?;
+    const KINDS: [(&str, &str); 6] = [
+        ("rx", "initiation"),
+        ("rx", "response"),
+        ("rx", "cookie"),
+        ("tx", "initiation"),
+        ("tx", "response"),
+        ("tx", "cookie"),
+    ];
+    for (peer, handshakes) in snapshot.handshakes.iter().enumerate() {
+        let labels = snapshot.labels(peer);
+        let text = out.text();
+        for ((direction, kind), &value) in KINDS.into_iter().zip(handshakes) {
+            text.push_str(name);
+            text.push('{');
+            text.push_str(labels);
+            text.push_str(",direction=\"");
+            text.push_str(direction);
+            text.push_str("\",type=\"");
+            text.push_str(kind);
+            text.push_str("\"} ");
+            text.push_str(itoa::Buffer::new().format(value));
+            text.push('\n');
         }
+        out.line_done()?;
     }
     let name = "wireguard_peer_last_handshake_seconds";
     header(
@@ -274,54 +253,57 @@ pub fn encode_peers(shared: &Shared, out: &mut String) {
         name,
         "Unix time of the peer's last completed handshake (0: never).",
         "gauge",
-    );
-    for (peer, labels) in peers.iter().zip(&labels) {
-        sample(out, name, labels, unix(peer.last_handshake).floor() as u64);
+    )?;
+    for (peer, &seconds) in snapshot.last_handshake.iter().enumerate() {
+        sample(out.text(), name, snapshot.labels(peer), seconds);
+        out.line_done()?;
     }
-    encode_rtt(&peers, &labels, out);
+    encode_rtt(snapshot, out)?;
     let name = "wireguard_peer_connected";
     header(
         out,
         name,
         "1 while the peer's last handshake is younger than disconnect_after.",
         "gauge",
-    );
-    for (peer, labels) in peers.iter().zip(&labels) {
-        sample(out, name, labels, u64::from(peer.connected));
+    )?;
+    for (peer, &connected) in snapshot.connected.iter().enumerate() {
+        sample(
+            out.text(),
+            name,
+            snapshot.labels(peer),
+            u64::from(connected),
+        );
+        out.line_done()?;
     }
     let name = "wireguard_peer_info";
-    header(out, name, "Peer attributes (value 1).", "gauge");
-    for (peer, labels) in peers.iter().zip(&labels) {
-        let endpoint = peer.endpoint.map(|e| e.to_string()).unwrap_or_default();
-        // The display name dashboards put in legends: the peers file's, else the
-        // same default the payloads' DisplayName has ("Peer <first 8 of the key>").
-        let display = match peer.name.as_ref().and_then(|n| n.name()) {
-            Some(named) => escape(named).into_owned(),
-            None => crate::events::payload::display_name(&peer.key.public_key),
-        };
-        let _ = writeln!(
-            out,
-            "{name}{{{labels},endpoint=\"{endpoint}\",allowed_ips=\"{}\",name=\"{display}\"}} 1",
-            escape(&peer.allowed_ips.join(",")),
-        );
+    header(out, name, "Peer attributes (value 1).", "gauge")?;
+    for peer in 0..snapshot.len() {
+        let text = out.text();
+        text.push_str(name);
+        text.push('{');
+        text.push_str(snapshot.labels(peer));
+        text.push(',');
+        text.push_str(snapshot.info(peer));
+        text.push_str("} 1\n");
+        out.line_done()?;
     }
-    let devices: Vec<_> = table.devices().collect();
     let name = "wireguard_device_info";
-    header(out, name, "Device attributes (value 1).", "gauge");
-    for device in &devices {
+    header(out, name, "Device attributes (value 1).", "gauge")?;
+    for device in &snapshot.devices {
         let driver = match device.kind {
             crate::wg::DeviceKind::Kernel => "kernel",
             crate::wg::DeviceKind::Userspace => "userspace",
         };
         let _ = writeln!(
-            out,
+            out.text(),
             "{name}{{device=\"{}\",public_key=\"{}\",listen_port=\"{}\",driver=\"{driver}\"}} 1",
             escape(&device.name),
             device.public_key.map(|k| k.to_base64()).unwrap_or_default(),
             device.listen_port
         );
+        out.line_done()?;
     }
-    encode_rtt_histograms(&devices, out);
+    encode_rtt_histograms(snapshot, out)?;
     type Unknown = fn(&crate::peers::UnknownTraffic) -> u64;
     let unknown: [(&str, &str, Unknown); 4] = [
         (
@@ -346,21 +328,24 @@ pub fn encode_peers(shared: &Shared, out: &mut String) {
         ),
     ];
     for (name, help, value) in unknown {
-        header(out, name, help, "counter");
-        for device in &devices {
+        header(out, name, help, "counter")?;
+        for device in &snapshot.devices {
             let _ = writeln!(
-                out,
+                out.text(),
                 "{name}{{device=\"{}\"}} {}",
                 escape(&device.name),
                 value(&device.unknown)
             );
+            out.line_done()?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wg::PublicKey;
 
     #[test]
     fn a_sample_line_is_name_labels_value() {
@@ -375,6 +360,77 @@ mod tests {
         assert_eq!(
             out,
             "m_total{device=\"wg0\"} 18446744073709551615\nm_total{device=\"wg0\"} 0\n"
+        );
+    }
+
+    /// A table with two devices (one name needs escaping), peers with and without
+    /// an endpoint and with several allowed IPs.
+    fn table() -> crate::peers::PeerTable {
+        use crate::wg::{Device, DeviceKind, Peer, PublicKey};
+        let device = |name: &str, keys: std::ops::Range<u8>| Device {
+            name: name.into(),
+            kind: DeviceKind::Userspace,
+            public_key: Some(PublicKey([9; 32])),
+            listen_port: 51820,
+            fwmark: 0,
+            peers: keys
+                .map(|n| {
+                    let mut peer = Peer::new(PublicKey([n; 32]));
+                    peer.endpoint =
+                        (n % 2 == 0).then(|| format!("192.0.2.{n}:51820").parse().unwrap());
+                    peer.allowed_ips = vec![format!("10.0.0.{n}/32"), format!("fd00::{n}/128")];
+                    peer.rx_bytes = u64::from(n) * 1000;
+                    peer
+                })
+                .collect(),
+        };
+        let mut table = crate::peers::PeerTable::new(std::time::Duration::from_secs(180));
+        let now = std::time::SystemTime::now();
+        table.apply_devices(&[device("wg0", 1..40), device("wg\"x", 40..45)], now, now);
+        table
+    }
+
+    #[test]
+    fn the_text_does_not_depend_on_the_chunk_size_and_chunks_end_lines() {
+        let snapshot = Snapshot::take(&table(), std::time::SystemTime::now());
+        let whole = super::super::chunks::collect(1 << 30, |out| encode_peers(&snapshot, out));
+        let mut chunks = Vec::new();
+        let mut writer = ChunkWriter::new(
+            1,
+            Box::new(|chunk| {
+                chunks.push(chunk);
+                Ok(())
+            }),
+        );
+        encode_peers(&snapshot, &mut writer).unwrap();
+        writer.finish().unwrap();
+        assert!(
+            chunks.len() > 44 * 15,
+            "about a chunk per line: {}",
+            chunks.len()
+        );
+        assert!(chunks.iter().all(|c| c.ends_with('\n')));
+        assert_eq!(chunks.concat(), whole);
+        // Every peer in every per-peer family, under its own device.
+        let key = PublicKey([41; 32]).to_base64();
+        let labels = format!("device=\"wg\\\"x\",public_key=\"{key}\"");
+        assert!(whole.contains(&format!(
+            "wireguard_peer_receive_bytes_total{{{labels}}} 41000\n"
+        )));
+        assert!(whole.contains(&format!(
+            "wireguard_peer_info{{{labels},endpoint=\"\",allowed_ips=\"10.0.0.41/32,fd00::41/128\",name=\"Peer {}\"}} 1\n",
+            &key[..8]
+        )));
+        let key = PublicKey([2; 32]).to_base64();
+        assert!(whole.contains(&format!(
+            "wireguard_peer_info{{device=\"wg0\",public_key=\"{key}\",endpoint=\"192.0.2.2:51820\","
+        )));
+        for (name, _) in COUNTERS {
+            assert_eq!(whole.matches(&format!("\n{name}{{")).count(), 44, "{name}");
+        }
+        assert_eq!(
+            whole.matches("\nwireguard_peer_handshakes_total{").count(),
+            44 * 6
         );
     }
 

@@ -301,6 +301,35 @@ impl PeerTable {
         self.devices.values()
     }
 
+    /// How many peers the table holds.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Every peer, device by device: each device's name and its peers by key (no
+    /// comparison of device names per peer).
+    pub fn peers_by_device(&self) -> Vec<(&str, impl Iterator<Item = &PeerState>)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut groups = Vec::new();
+        let mut next = self.peers.keys().next();
+        while let Some(first) = next {
+            let last = PeerKey {
+                device: first.device.clone(),
+                public_key: PublicKey([0xff; 32]),
+            };
+            groups.push((
+                first.device.as_str(),
+                self.peers.range(first..=&last).map(|(_, peer)| peer),
+            ));
+            next = self
+                .peers
+                .range((Excluded(&last), Unbounded))
+                .next()
+                .map(|(key, _)| key);
+        }
+        groups
+    }
+
     /// Every peer, by device then key.
     pub fn peers(&self) -> impl Iterator<Item = &PeerState> {
         self.peers.values()

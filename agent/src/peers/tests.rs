@@ -656,3 +656,58 @@ fn a_key_removed_from_one_device_keeps_its_endpoint_on_another() {
         "the other device's peer still owns its endpoint"
     );
 }
+
+#[test]
+fn peers_by_device_groups_every_peer_under_its_own_device() {
+    // Names where one is a prefix of another, and keys at both ends of the range.
+    let named = |name: &str, keys: &[u8]| Device {
+        name: name.into(),
+        peers: keys
+            .iter()
+            .map(|&n| wg_peer(n, "192.0.2.1:1000", None))
+            .collect(),
+        ..device(vec![])
+    };
+    let mut low = wg_peer(0, "192.0.2.1:1000", None);
+    low.public_key = PublicKey([0; 32]);
+    let mut high = wg_peer(0, "192.0.2.1:1000", None);
+    high.public_key = PublicKey([0xff; 32]);
+    let mut wg1 = named("wg1", &[3, 1]);
+    wg1.peers.extend([low, high]);
+    let devices = [wg1, named("wg10", &[2]), named("wg1-", &[4, 5])];
+    let mut table = PeerTable::new(THRESHOLD);
+    table.apply_devices(&devices, t(0), t(0));
+    let groups: Vec<(String, Vec<String>)> = table
+        .peers_by_device()
+        .into_iter()
+        .map(|(device, peers)| {
+            (
+                device.to_owned(),
+                peers
+                    .map(|p| {
+                        assert_eq!(p.key.device, device);
+                        p.key.public_key.to_base64()[..4].to_owned()
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, Vec<String>)> =
+        table
+            .peers()
+            .fold(Vec::new(), |mut groups: Vec<(String, Vec<String>)>, p| {
+                let key = p.key.public_key.to_base64()[..4].to_owned();
+                match groups.last_mut() {
+                    Some((device, keys)) if *device == p.key.device => keys.push(key),
+                    _ => groups.push((p.key.device.clone(), vec![key])),
+                }
+                groups
+            });
+    assert_eq!(groups.len(), 3);
+    assert_eq!(
+        groups[0].1.len(),
+        4,
+        "wg1 keeps its all-zero and all-ones keys"
+    );
+    assert_eq!(groups, expected);
+}

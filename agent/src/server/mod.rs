@@ -4,6 +4,7 @@
 //! and idle time keep it serving under attack (see [`connections`]).
 
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod connections;
 pub mod listener;

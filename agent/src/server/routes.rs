@@ -4,11 +4,9 @@
 //! Errors are JSON `{"error": "..."}`, never a stack trace.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
@@ -18,13 +16,13 @@ use super::ApiState;
 use crate::wg::PublicKey;
 
 /// A response of the listener.
-pub type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<super::body::ReplyBody>;
 
 fn json_reply(status: StatusCode, value: serde_json::Value) -> Reply {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(value.to_string())))
+        .body(super::body::whole(value.to_string()))
         .expect("valid response")
 }
 
@@ -108,22 +106,6 @@ pub async fn handle(state: &ApiState, request: Request<Incoming>, remote: Socket
                     return unauthorized();
                 }
             }
-            // WireGuard's counters as of now, not of the last periodic device read.
-            let shared = state.shared.clone();
-            let freshness = tokio::task::spawn_blocking(move || {
-                shared
-                    .read_through
-                    .refresh_for_scrape(std::time::Instant::now())
-            })
-            .await;
-            if matches!(
-                freshness,
-                Ok(crate::pipeline::read_through::Freshness::Stale)
-            ) {
-                tracing::debug!(
-                    "scrape: the device read did not finish in time; serving older counters"
-                );
-            }
             metrics(state)
         }
         ["healthz"] => get_only(&|| json_reply(StatusCode::OK, json!({"status": "ok"}))),
@@ -145,29 +127,62 @@ pub async fn handle(state: &ApiState, request: Request<Incoming>, remote: Socket
     }
 }
 
-/// The size of the last `/metrics` body: the next one starts with room for it (at
-/// 10k peers it is about 16 MB; growing it by doubling copies it over and over).
-static LAST_EXPOSITION: AtomicUsize = AtomicUsize::new(0);
-
+/// `/metrics`: the agent's own families are encoded here (an error is still a 500);
+/// the per-peer text is written on a blocking thread, after a read-through device
+/// read if the counters are stale, and streamed in chunks as it is written.
 fn metrics(state: &ApiState) -> Reply {
-    let last = LAST_EXPOSITION.load(Ordering::Relaxed);
-    let mut text = String::with_capacity(last + last / 8);
-    crate::metrics::encode_peers(&state.shared, &mut text);
     let families = state.registry.gather();
-    match prometheus::TextEncoder::new().encode_utf8(&families, &mut text) {
-        Ok(()) => Response::builder()
-            .status(StatusCode::OK)
-            .header("content-type", prometheus::TEXT_FORMAT)
-            .body(Full::new(Bytes::from({
-                LAST_EXPOSITION.store(text.len(), Ordering::Relaxed);
-                text
-            })))
-            .expect("valid response"),
-        Err(err) => error(
+    let mut own = String::new();
+    if let Err(err) = prometheus::TextEncoder::new().encode_utf8(&families, &mut own) {
+        return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding metrics: {err}"),
-        ),
+        );
     }
+    let (sender, body) = super::body::streamed();
+    let shared = state.shared.clone();
+    tokio::task::spawn_blocking(move || {
+        // WireGuard's counters as of now, not of the last periodic device read.
+        let freshness = shared
+            .read_through
+            .refresh_for_scrape(std::time::Instant::now());
+        if freshness == crate::pipeline::read_through::Freshness::Stale {
+            tracing::debug!(
+                "scrape: the device read did not finish in time; serving older counters"
+            );
+        }
+        let snapshot = {
+            let table = shared.table.read().expect("not poisoned");
+            crate::metrics::snapshot::Snapshot::take(&table, SystemTime::now())
+        };
+        let sent = stream_exposition(&snapshot, own, &sender);
+        if sent.is_ok() {
+            let _ = sender.finish_blocking();
+        } else {
+            tracing::debug!("scrape: the client went away before the end of /metrics");
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", prometheus::TEXT_FORMAT)
+        .body(http_body_util::Either::Right(body))
+        .expect("valid response")
+}
+
+/// Writes the peer families of `snapshot`, then `own`, into `sender` in chunks.
+fn stream_exposition(
+    snapshot: &crate::metrics::snapshot::Snapshot,
+    own: String,
+    sender: &super::body::StreamSender,
+) -> Result<(), crate::metrics::chunks::Gone> {
+    use crate::metrics::chunks::{ChunkWriter, Gone, CHUNK_BYTES};
+    let mut out = ChunkWriter::new(
+        CHUNK_BYTES,
+        Box::new(|chunk| sender.send_blocking(Bytes::from(chunk)).map_err(|_| Gone)),
+    );
+    crate::metrics::encode_peers(snapshot, &mut out)?;
+    out.finish()?;
+    sender.send_blocking(Bytes::from(own)).map_err(|_| Gone)
 }
 
 fn ready(state: &ApiState) -> Reply {

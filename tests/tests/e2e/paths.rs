@@ -229,8 +229,7 @@ fn loss_equals_the_nftables_drops_on_both_ends_and_a_direct_path_times_under_5_m
             rtt.seconds() * 1e3
         );
     }
-    let mut metrics = String::new();
-    wgpulse::metrics::encode_peers(&agent_b.shared(), &mut metrics);
+    let metrics = wgpulse::metrics::peer_exposition(&agent_b.shared());
     assert!(
         metrics.contains(&format!(
             "wgpulse_peer_receive_lost_packets_total{{device=\"{}\",public_key=\"{}\"}} {dropped}",
