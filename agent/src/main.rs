@@ -16,6 +16,17 @@ use wgpulse::config::Config;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read when it starts (a C `const char *`): a background thread
+/// hands freed pages back to the kernel a second after they were freed
+/// (`dirty_decay_ms`, default 10 s, and only when something allocates: an idle agent
+/// kept the pages of its last device read or state save, 24 MiB at 10k peers) and at
+/// once after that (`muzzy_decay_ms`).
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: Option<&'static u8> = Some(
+    &b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0],
+);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -123,6 +123,18 @@ fn run_discovers_attaches_reports_and_detaches_on_sigterm() {
         !ours.is_empty(),
         "the agent's programs are not in the kernel"
     );
+    // jemalloc runs with its options (main.rs): one background thread that hands
+    // freed pages back to the kernel even while the agent is idle.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", agent.id()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert_eq!(
+        threads.iter().filter(|t| *t == "jemalloc_bg_thd").count(),
+        1,
+        "{threads:?}"
+    );
 
     agent.signal(libc::SIGTERM);
     let status = agent.wait_timeout(Duration::from_secs(15));

@@ -53,10 +53,17 @@ impl BigDevice {
         pair.wg_b
             .wg(&["addconf", &pair.wg_b.name, conf_path.to_str().unwrap()]);
         let config = state.path().join("config.toml");
+        // The default max_peers where it holds the peers, as a user would run it
+        // (it sizes the endpoint map and the path array, which count in the RSS).
+        let max_peers = if peers < agent_common::DEFAULT_MAX_PEERS as usize {
+            String::new()
+        } else {
+            format!("max_peers = {}\n", (peers + 1).next_power_of_two())
+        };
         std::fs::write(
             &config,
             format!(
-                "state_dir = {:?}\ninterfaces = [{:?}]\ndevices = [{:?}]\nmax_peers = 131072\n",
+                "state_dir = {:?}\ninterfaces = [{:?}]\ndevices = [{:?}]\n{max_peers}",
                 state.path().join("state").display().to_string(),
                 pair.link.b.name,
                 pair.wg_b.name
