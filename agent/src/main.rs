@@ -13,6 +13,7 @@ use wgpulse::config::Config;
 /// reader, tokio's workers) each got a glibc arena that kept the memory of a big
 /// device read or drain after it was freed (at 10k peers, about 140 MiB of arenas
 /// for a 73 MiB heap peak); jemalloc hands unused pages back to the kernel.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -21,6 +22,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// (`dirty_decay_ms`, default 10 s, and only when something allocates: an idle agent
 /// kept the pages of its last device read or state save, 24 MiB at 10k peers) and at
 /// once after that (`muzzy_decay_ms`).
+#[cfg(not(feature = "system-allocator"))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: Option<&'static u8> = Some(

@@ -16,6 +16,7 @@ pub mod device_ids;
 mod device_reader;
 mod drained;
 mod emit;
+pub mod read_budget;
 pub mod read_through;
 mod refresh;
 mod run;

@@ -57,11 +57,13 @@ impl Pipeline {
                 recv(read_requests) -> _ => scrape_asked = true,
                 recv(results) -> read => {
                     if let Ok(read) = read {
+                        let took = read.took;
                         // Applied first: a request it makes joins the one
                         // remembered while this read was in flight.
                         self.apply_read(read);
                         self.reader.completed();
-                        next_refresh = Instant::now() + self.config.refresh_interval;
+                        next_refresh = Instant::now()
+                            + super::read_budget::periodic_gap(self.config.refresh_interval, took);
                         table_changed = true;
                     }
                 }
