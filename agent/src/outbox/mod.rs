@@ -154,7 +154,7 @@ impl Outbox {
         }
         let mut guard = self.db.write().expect("not poisoned");
         if guard.is_none() {
-            let db = Database::create(&self.path).map_err(|e| self.error("reopening", e))?;
+            let db = store::open_database(&self.path).map_err(|e| self.error("reopening", e))?;
             tracing::debug!(path = %self.path.display(), "outbox reopened");
             *guard = Some(db);
         }

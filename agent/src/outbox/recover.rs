@@ -80,7 +80,7 @@ fn is_damage(err: &DatabaseError) -> bool {
 
 fn attempt(path: &Path) -> Attempt {
     let opened = catch(|| {
-        let db = match Database::create(path) {
+        let db = match super::store::open_database(path) {
             Ok(db) => db,
             Err(err) if is_damage(&err) => return Attempt::Damaged(err.to_string()),
             Err(err) => return Attempt::Failed(err.to_string()),

@@ -7,6 +7,17 @@ use serde::Deserialize;
 
 use super::Stored;
 
+/// Memory redb may use to cache the file's pages. Its default is 1 GiB, which the
+/// read cache fills with every page it reads: an outbox that held 100k events (50 MB)
+/// kept them all in memory after they were delivered. The outbox's hot pages are
+/// the newest events and the webhooks' pending lists: a few MiB.
+pub const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Opens (or creates) the outbox database at `path` with the bounded cache.
+pub fn open_database(path: &std::path::Path) -> std::result::Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
 /// Event bodies by sequence number.
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// (webhook, sequence) -> 0: the webhook has still to deliver the event.
