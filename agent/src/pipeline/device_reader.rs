@@ -33,6 +33,10 @@ pub struct DeviceRead {
 pub struct DeviceReader {
     requests: Sender<()>,
     results: Receiver<DeviceRead>,
+    /// What [`DeviceReader::results`] gives once the thread is gone: nothing, ever
+    /// (a disconnected channel would wake the pipeline's `select!` at once, forever).
+    never: Receiver<DeviceRead>,
+    gone: bool,
     in_flight: bool,
     again: bool,
 }
@@ -55,15 +59,29 @@ impl DeviceReader {
         Ok(Self {
             requests,
             results,
+            never: crossbeam_channel::never(),
+            gone: false,
             in_flight: false,
             again: false,
         })
     }
 
     /// Where completed reads arrive (for the pipeline's `select!`); pass each to
-    /// [`DeviceReader::completed`].
+    /// [`DeviceReader::completed`], or, when the receive fails (the thread is gone),
+    /// call [`DeviceReader::thread_gone`].
     pub fn results(&self) -> &Receiver<DeviceRead> {
-        &self.results
+        if self.gone {
+            &self.never
+        } else {
+            &self.results
+        }
+    }
+
+    /// The thread is gone (it cannot be, short of an abort: reads that panic are
+    /// caught): no read will come again.
+    pub fn thread_gone(&mut self) {
+        self.gone = true;
+        self.in_flight = false;
     }
 
     /// Whether a read is in flight.
@@ -74,6 +92,9 @@ impl DeviceReader {
     /// Asks for a read. With one in flight, `after_current` asks for another once it
     /// completes (the one in flight may predate the reason); without, nothing more.
     pub fn request(&mut self, after_current: bool) {
+        if self.gone {
+            return;
+        }
         if self.in_flight {
             self.again |= after_current;
             return;
@@ -103,9 +124,24 @@ impl DeviceReader {
 }
 
 fn read(options: &DiscoveryOptions) -> DeviceRead {
+    timed(|| wg::discover_all(options))
+}
+
+/// Runs one read, timed.
+fn timed(read: impl FnOnce() -> Result<wg::Discovered, wg::DiscoveryError>) -> DeviceRead {
     let started = Instant::now();
     let started_wall = SystemTime::now();
-    let result = wg::discover_all(options);
+    // A panic in a read (a parser bug on a reply no one expected) is this read's
+    // error, shown in /readyz; the thread and the next reads go on.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            Err(wg::DiscoveryError::Panicked(message))
+        });
     DeviceRead {
         started,
         started_wall,
@@ -117,6 +153,53 @@ fn read(options: &DiscoveryOptions) -> DeviceRead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_that_panics_is_an_error_of_that_read() {
+        let read = timed(|| panic!("unexpected reply line"));
+        match read.result {
+            Err(wg::DiscoveryError::Panicked(message)) => {
+                assert_eq!(message, "unexpected reply line")
+            }
+            other => panic!("{other:?}"),
+        }
+        let read = timed(|| Ok(wg::Discovered::default()));
+        assert!(read.result.is_ok());
+    }
+
+    #[test]
+    fn once_the_thread_is_gone_results_wait_instead_of_failing_at_once() {
+        // A reader whose thread ended: both of its channels are disconnected.
+        let (requests, _) = crossbeam_channel::bounded(1);
+        let (_, results) = crossbeam_channel::bounded(1);
+        let mut reader = DeviceReader {
+            requests,
+            results,
+            never: crossbeam_channel::never(),
+            gone: false,
+            in_flight: false,
+            again: false,
+        };
+        // What woke the pipeline's select! at once, every turn (a busy loop).
+        assert_eq!(
+            reader
+                .results()
+                .recv_timeout(Duration::from_millis(20))
+                .err(),
+            Some(crossbeam_channel::RecvTimeoutError::Disconnected)
+        );
+        reader.thread_gone();
+        assert!(reader.gone);
+        assert_eq!(
+            reader
+                .results()
+                .recv_timeout(Duration::from_millis(20))
+                .err(),
+            Some(crossbeam_channel::RecvTimeoutError::Timeout)
+        );
+        reader.request(true);
+        assert!(!reader.in_flight());
+    }
 
     fn reader_of_empty_dir() -> (DeviceReader, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();

@@ -56,6 +56,12 @@ impl Pipeline {
                 },
                 recv(read_requests) -> _ => scrape_asked = true,
                 recv(results) -> read => {
+                    if read.is_err() {
+                        tracing::error!("the device reader thread is gone: devices are no longer read");
+                        self.reader.thread_gone();
+                        self.shared.status.write().expect("not poisoned").discovery_error =
+                            Some("the device reader thread is gone: devices are no longer read".into());
+                    }
                     if let Ok(read) = read {
                         let took = read.took;
                         // Applied first: a request it makes joins the one

@@ -102,6 +102,10 @@ pub enum DiscoveryError {
     /// Kernel devices could not be listed.
     #[error(transparent)]
     Netlink(#[from] netlink::NetlinkError),
+    /// The read panicked (a bug, e.g. on a reply no parser expected); the next read
+    /// is tried as usual.
+    #[error("reading the devices panicked: {0}")]
+    Panicked(String),
 }
 
 /// Every WireGuard device visible from the calling thread's network namespace:
