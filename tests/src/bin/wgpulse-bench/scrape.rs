@@ -70,8 +70,8 @@ pub fn time_scrapes(ns: &NetNs, url: &str, pid: u32, scrapes: usize) -> (f64, f6
 
 /// Runs the part.
 pub fn run(quick: bool) -> Part {
-    let sizes: &[usize] = if quick { &[10_000] } else { &[1_000, 10_000] };
-    let scrapes = if quick { 300 } else { 15 };
+    let sizes: &[usize] = if quick { &[1_000] } else { &[1_000, 10_000] };
+    let scrapes = if quick { 5 } else { 15 };
     let exporter = (!quick).then(exporter);
     let mut part = Part::new(
         "scrape",
