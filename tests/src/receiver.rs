@@ -153,19 +153,27 @@ impl Receiver {
 
     /// Waits until at least `n` requests arrived; panics after `timeout`.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        assert!(
+            self.await_count(n, timeout),
+            "the receiver got {} requests within {timeout:?}, expected {n}",
+            self.requests().len()
+        );
+        self.requests()
+    }
+
+    /// Waits until at least `n` requests arrived; false if `timeout` passes first.
+    pub fn await_count(&self, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let (lock, ready) = &*self.state;
         let mut state = lock.lock().unwrap();
         while state.requests.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "the receiver got {} requests within {timeout:?}, expected {n}",
-                state.requests.len()
-            );
+            if left.is_zero() {
+                return false;
+            }
             state = ready.wait_timeout(state, left).unwrap().0;
         }
-        state.requests.clone()
+        true
     }
 }
 

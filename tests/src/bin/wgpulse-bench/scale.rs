@@ -279,11 +279,15 @@ fn measure(peers: usize, rounds: usize, scrapes: usize) -> Figures {
                 "timed out waiting for the new peer's create"
             );
             http(&pair.b, "GET", &url, None);
-            let asked = Instant::now();
             // A scrape within the last read's freshness limit (20 reads' time)
-            // does not read: poll a while, then scrape again.
-            while !seen.created.contains(&new) && asked.elapsed() < Duration::from_secs(5) {
-                std::thread::sleep(Duration::from_millis(20));
+            // does not read: wait a while for requests, then scrape again.
+            let patience_ends = Instant::now() + Duration::from_secs(5);
+            while !seen.created.contains(&new)
+                && receiver.await_count(
+                    seen.requests + 1,
+                    patience_ends.saturating_duration_since(Instant::now()),
+                )
+            {
                 seen.update(&receiver);
             }
         }
