@@ -8,7 +8,7 @@ pub mod samples;
 
 use serde::{Deserialize, Serialize};
 
-pub use queue::{EventQueue, QueueClosed, QueueStats, StoredHandle, UnwrittenProbe};
+pub use queue::{EventQueue, QueueClosed, QueueStats, StoredHandle, StoredWaiter, UnwrittenProbe};
 
 use crate::peers::{Change, ChangeKind};
 

@@ -76,6 +76,53 @@ impl StoredHandle {
 /// [`EventQueue::all_durable`].
 pub type UnwrittenProbe = Arc<dyn Fn() -> usize + Send + Sync>;
 
+/// Waits for a durable queue's consumer ([`EventQueue::stored_waiter`]): what the
+/// state writer checks before it writes a state whose events must be stored first.
+#[derive(Clone)]
+pub struct StoredWaiter {
+    progress: Option<Arc<Progress>>,
+    unwritten: Option<UnwrittenProbe>,
+}
+
+impl std::fmt::Debug for StoredWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredWaiter")
+            .field("durable", &self.progress.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredWaiter {
+    /// Whether nothing the consumer stored is held only in memory (always true
+    /// without a probe).
+    pub fn all_durable(&self) -> bool {
+        self.unwritten.as_ref().is_none_or(|probe| probe() == 0)
+    }
+
+    /// Waits until the consumer has stored every event sent before this call (at
+    /// most `timeout`; false if it did not). Returns at once for a plain queue.
+    pub fn wait_stored(&self, timeout: Duration) -> bool {
+        let Some(progress) = &self.progress else {
+            return true;
+        };
+        let sent = progress.sent.load(Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        let mut stored = progress.stored.lock().expect("not poisoned");
+        while *stored < sent {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            stored = progress
+                .advanced
+                .wait_timeout(stored, left)
+                .expect("not poisoned")
+                .0;
+        }
+        true
+    }
+}
+
 /// The producer side.
 #[derive(Clone)]
 pub struct EventQueue {
@@ -125,30 +172,22 @@ impl EventQueue {
     /// Whether nothing the consumer stored is held only in memory (always true
     /// without a probe).
     pub fn all_durable(&self) -> bool {
-        self.unwritten.as_ref().is_none_or(|probe| probe() == 0)
+        self.stored_waiter().all_durable()
     }
 
     /// Waits until the consumer has stored every event sent so far (at most
     /// `timeout`; false if it did not). Returns at once for a plain queue.
     pub fn wait_stored(&self, timeout: Duration) -> bool {
-        let Some(progress) = &self.progress else {
-            return true;
-        };
-        let sent = progress.sent.load(Ordering::SeqCst);
-        let deadline = Instant::now() + timeout;
-        let mut stored = progress.stored.lock().expect("not poisoned");
-        while *stored < sent {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            stored = progress
-                .advanced
-                .wait_timeout(stored, left)
-                .expect("not poisoned")
-                .0;
+        self.stored_waiter().wait_stored(timeout)
+    }
+
+    /// A handle that waits for the consumer on another thread (the state writer)
+    /// without holding the queue open.
+    pub fn stored_waiter(&self) -> StoredWaiter {
+        StoredWaiter {
+            progress: self.progress.clone(),
+            unwritten: self.unwritten.clone(),
         }
-        true
     }
 
     /// Sends one event, blocking while the queue is full.

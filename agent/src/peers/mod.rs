@@ -291,6 +291,35 @@ impl PeerTable {
         }
     }
 
+    /// Copies up to `limit` peers after `after` (in key order; from the first when
+    /// `None`) onto `into`; returns the key to go on after, or `None` once the last
+    /// peer is copied. A state saved in slices has every peer that exists throughout
+    /// the copy once, each as it was when its slice was taken.
+    pub fn copy_peers(
+        &self,
+        after: Option<&PeerKey>,
+        limit: usize,
+        into: &mut Vec<PeerState>,
+    ) -> Option<PeerKey> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut slice = match after {
+            Some(key) => self.peers.range::<PeerKey, _>((Excluded(key), Unbounded)),
+            None => self.peers.range::<PeerKey, _>(..),
+        };
+        let mut last = None;
+        for (key, peer) in slice.by_ref().take(limit) {
+            into.push(peer.clone());
+            last = Some(key);
+        }
+        slice.next()?;
+        last.cloned()
+    }
+
+    /// Every device's state, for a save.
+    pub fn device_states(&self) -> Vec<DeviceState> {
+        self.devices.values().cloned().collect()
+    }
+
     /// The threshold of the connection rule.
     pub fn disconnect_after(&self) -> Duration {
         self.disconnect_after

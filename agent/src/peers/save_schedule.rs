@@ -4,7 +4,8 @@
 //! [`COUNTERS_EVERY`] when only counters moved, and — after a failed write — again
 //! with back-off until the disk takes it, whether or not anything else changes. The
 //! crash guarantee is kept by the caller: a save waits until the events describing
-//! the saved changes are stored.
+//! the saved changes are stored. A save takes time (the copy and the write run beside
+//! the pipeline's work): changes while it runs are due again after it.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ const RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs
 #[derive(Debug)]
 pub struct SaveSchedule {
     last_saved: Instant,
+    /// When the save in progress began (its copy of the table).
+    began: Option<Instant>,
     /// When the pending save is due (`None`: nothing to save).
     due: Option<Instant>,
     retry: Duration,
@@ -31,6 +34,7 @@ impl SaveSchedule {
     pub fn new(now: Instant) -> Self {
         Self {
             last_saved: now,
+            began: None,
             due: None,
             retry: Duration::ZERO,
         }
@@ -59,16 +63,27 @@ impl SaveSchedule {
         self.due.is_some_and(|due| now >= due)
     }
 
-    /// A save ran: done, or (failed, or had to wait for events to be stored) again
-    /// after a back-off.
+    /// A save begins (it copies the state as of now): what was due is in it; a
+    /// change from now on is due again.
+    pub fn begin(&mut self, now: Instant) {
+        self.began = Some(now);
+        self.due = None;
+    }
+
+    /// A save ran: done (changes since it began stay due), or (failed, or had to wait
+    /// for events to be stored) again after a back-off.
     pub fn saved(&mut self, now: Instant, ok: bool) {
+        let began = self.began.take().unwrap_or(now);
         if ok {
-            self.last_saved = now;
-            self.due = None;
+            self.last_saved = began;
+            if self.due.is_some_and(|due| due <= began) {
+                self.due = None;
+            }
             self.retry = Duration::ZERO;
         } else {
             self.retry = (self.retry * 2).clamp(RETRY.0, RETRY.1);
-            self.due = Some(now + self.retry);
+            let again = now + self.retry;
+            self.due = Some(self.due.map_or(again, |due| due.min(again)));
         }
     }
 }
@@ -87,6 +102,7 @@ mod tests {
             let now = start + Duration::from_millis(100 * tick);
             schedule.changed(now);
             if schedule.is_due(now) {
+                schedule.begin(now);
                 schedule.saved(now, true);
                 writes += 1;
             }
@@ -107,6 +123,7 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..7 {
             assert!(schedule.is_due(now));
+            schedule.begin(now);
             schedule.saved(now, false);
             let due = schedule.due().unwrap();
             waits.push((due - now).as_secs());
@@ -114,6 +131,30 @@ mod tests {
         }
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
         schedule.saved(now, true);
+        assert_eq!(schedule.due(), None);
+    }
+
+    #[test]
+    fn a_change_while_a_save_runs_is_due_after_it() {
+        let start = Instant::now();
+        let mut schedule = SaveSchedule::new(start);
+        schedule.changed(start);
+        let began = start + COALESCE;
+        assert!(schedule.is_due(began));
+        schedule.begin(began);
+        assert_eq!(schedule.due(), None, "what was due is in the save");
+        // A change after the copy began, while the write runs.
+        schedule.changed(began + Duration::from_millis(300));
+        schedule.saved(began + Duration::from_millis(500), true);
+        assert_eq!(
+            schedule.due(),
+            Some(began + Duration::from_millis(300) + COALESCE),
+            "the change the save does not hold is still to be written"
+        );
+        // Nothing changed during the next one: nothing is due after it.
+        let next = began + Duration::from_secs(3);
+        schedule.begin(next);
+        schedule.saved(next + Duration::from_millis(500), true);
         assert_eq!(schedule.due(), None);
     }
 

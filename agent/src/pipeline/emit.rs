@@ -1,9 +1,9 @@
 //! Changes out: events on the event queue (in order, blocking while it is full),
-//! alerts, observations for tests, and the state saved once its events are stored.
+//! alerts and observations for tests.
 
 use std::time::{Instant, SystemTime};
 
-use super::{Observation, Pipeline, STORE_TIMEOUT};
+use super::{Observation, Pipeline};
 use crate::alerts::Alert;
 use crate::events;
 use crate::peers::{Change, ChangeKind};
@@ -81,44 +81,6 @@ impl Pipeline {
                 &alert.subject,
                 alert.payload(),
             ));
-        }
-    }
-
-    /// Writes the state, but only once every event sent so far is stored durably:
-    /// the state describing a change is saved only after its events are in the
-    /// outbox, so a crash in between repeats an event at the next start, never loses
-    /// one. Until then, and after a failed write, the schedule tries again later.
-    pub(super) fn save(&mut self) {
-        if !self.events.wait_stored(STORE_TIMEOUT) || !self.events.all_durable() {
-            if let Some(suppressed) = self.save_throttle.allow(Instant::now()) {
-                tracing::warn!(
-                    suppressed,
-                    "the peer state waits to be saved: its events are not on disk yet"
-                );
-            }
-            self.saves.saved(Instant::now(), false);
-            return;
-        }
-        let state = self.table().save(SystemTime::now());
-        let result = self.state_file.save(&state);
-        self.saves.saved(Instant::now(), result.is_ok());
-        let mut status = self.shared.status.write().expect("not poisoned");
-        match result {
-            Ok(()) => {
-                status.persist_saves += 1;
-                if status.persist_error.take().is_some() {
-                    tracing::info!("peer state saved again");
-                }
-            }
-            Err(err) => {
-                status.persist_failures += 1;
-                if status.persist_error.is_none() {
-                    tracing::error!(
-                        "saving peer state (kept in memory, retried with back-off): {err}"
-                    );
-                }
-                status.persist_error = Some(err.to_string());
-            }
         }
     }
 }

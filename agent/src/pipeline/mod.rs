@@ -5,7 +5,8 @@
 //!
 //! The files: this module (starting and stopping), `run` (the loop), `refresh`
 //! (device reads and attachments), `drained` (snapshots and notices in), `emit`
-//! (events, alerts and the state out), [`device_ids`], [`read_through`] (fresh counters
+//! (events and alerts out), `save` (the state out, written on its own thread),
+//! [`device_ids`], [`read_through`] (fresh counters
 //! for a scrape).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ pub mod read_budget;
 pub mod read_through;
 mod refresh;
 mod run;
+mod save;
 use std::time::{Duration, Instant};
 
 use crate::alerts::AlertEngine;
@@ -51,7 +53,8 @@ pub enum AgentError {
     Thread(&'static str, #[source] std::io::Error),
 }
 
-/// How long the pipeline waits for its events to reach the outbox before saving.
+/// How long the state writer waits for the events of a state to reach the outbox
+/// before it gives up on that save (tried again later).
 const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bound of the channel between the drain thread and the pipeline.
@@ -201,6 +204,8 @@ pub fn start(
         only: config.devices.clone(),
     })
     .map_err(|e| AgentError::Thread("device reader", e))?;
+    let saver = save::StateSaver::start(state_file, events.stored_waiter())
+        .map_err(|e| AgentError::Thread("state writer", e))?;
     let mut pipeline = Pipeline {
         reader,
         node: config.node.clone(),
@@ -216,7 +221,7 @@ pub fn start(
         observer,
         shared: shared.clone(),
         events,
-        state_file,
+        saver,
     };
     let pipeline_stop = stop.clone();
     let reload_names = pipeline.reload_names.clone();
@@ -278,7 +283,8 @@ struct Pipeline {
     observer: Option<crossbeam_channel::Sender<Observation>>,
     shared: Arc<Shared>,
     events: EventQueue,
-    state_file: StateFile,
+    /// Copies the state in slices and writes it on its own thread.
+    saver: save::StateSaver,
     alerts: AlertEngine,
     names: Option<NamesWatcher>,
     saves: SaveSchedule,

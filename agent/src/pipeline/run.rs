@@ -1,6 +1,6 @@
 //! The pipeline thread's loop: waits for a drain, a session notice, a scrape's read
 //! request, a completed device read or the next timer (device refresh, handshake
-//! expiry, state save), and does what is due. Device reads run on the reader thread
+//! expiry, state save), and does what is due (a save is copied a slice per turn). Device reads run on the reader thread
 //! (`device_reader`): drains and notices are handled while one is in flight.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,12 +36,17 @@ impl Pipeline {
                     .unwrap_or(Duration::ZERO);
                 timeout = timeout.min(until);
             }
-            if let Some(due) = self.saves.due() {
+            // A save being copied goes on between messages; one being written
+            // reports on its channel; otherwise the next save's time is a timer.
+            if self.saver.copying() {
+                timeout = Duration::ZERO;
+            } else if let (false, Some(due)) = (self.saver.busy(), self.saves.due()) {
                 timeout = timeout.min(due.saturating_duration_since(Instant::now()));
             }
             let mut refresh_now = false;
             let mut scrape_asked = false;
             let results = self.reader.results().clone();
+            let saved = self.saver.results();
             crossbeam_channel::select! {
                 recv(receive) -> message => match message {
                     // Counters only: a drain moves no handshake time, so the
@@ -55,6 +60,10 @@ impl Pipeline {
                     Err(_) => break,
                 },
                 recv(read_requests) -> _ => scrape_asked = true,
+                recv(saved) -> outcome => match outcome {
+                    Ok(outcome) => self.on_saved(outcome),
+                    Err(_) => self.writer_gone(),
+                },
                 recv(results) -> read => {
                     if read.is_err() {
                         tracing::error!("the device reader thread is gone: devices are no longer read");
@@ -99,9 +108,7 @@ impl Pipeline {
                 table_changed = false;
                 self.emit(changes);
             }
-            if self.saves.is_due(Instant::now()) {
-                self.save();
-            }
+            self.save_step();
             if self.reload_names.swap(false, Ordering::Relaxed) {
                 if let Some(names) = &mut self.names {
                     names.forget_seen();
@@ -109,7 +116,7 @@ impl Pipeline {
                 self.reload_names();
             }
         }
-        self.save();
+        self.final_save();
         self.datapath.detach_all();
     }
 }

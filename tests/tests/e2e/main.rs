@@ -26,3 +26,4 @@ mod paths;
 mod peers;
 mod secrets;
 mod slow_read;
+mod slow_save;

@@ -1,0 +1,341 @@
+//! The state save, kept off the pipeline's path: the pipeline copies the peer table
+//! in slices of [`SLICE`] peers between its messages (a session notice waits for one
+//! slice, never for a copy of the whole table), then hands the copy to the writer
+//! thread, which waits until the events of every change in it are stored durably and
+//! only then writes the file (serialise, fsync, rename).
+//!
+//! The crash guarantee: each slice is taken on the pipeline thread after the events
+//! of every change applied so far were sent, and the writer waits for all events sent
+//! before it starts, so a saved peer is never newer than the stored events. A peer
+//! that changes after its slice was taken is saved as it was (its change is due
+//! again: see [`SaveSchedule::begin`](crate::peers::save_schedule::SaveSchedule::begin)),
+//! which at worst repeats an event after a crash, never loses one.
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Pipeline, STORE_TIMEOUT};
+use crate::events::StoredWaiter;
+use crate::peers::persist::{self, PersistError, SavedState, StateFile};
+use crate::peers::{PeerKey, PeerState, PeerTable};
+
+/// Peers copied per slice: about 2 ms of the pipeline's time in a release build.
+pub(super) const SLICE: usize = 2048;
+
+/// How long stopping waits for the writer beyond [`STORE_TIMEOUT`] (a disk that
+/// hangs must not hang the agent's exit for ever).
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// What one save came to.
+#[derive(Debug)]
+pub(super) enum SaveOutcome {
+    /// The file holds the state.
+    Saved,
+    /// The events of the state were not stored durably within [`STORE_TIMEOUT`]: not
+    /// written, tried again later.
+    NotStored,
+    /// Writing failed (the old file stays).
+    Failed(PersistError),
+}
+
+/// A copy in progress.
+struct Copy {
+    saved_at: SystemTime,
+    peers: Vec<PeerState>,
+    /// The last peer copied (`None`: none yet).
+    after: Option<PeerKey>,
+}
+
+/// The copy in slices and the writer thread.
+pub(super) struct StateSaver {
+    copy: Option<Copy>,
+    /// A copy is with the writer.
+    writing: bool,
+    jobs: Option<Sender<SavedState>>,
+    results: Receiver<SaveOutcome>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl StateSaver {
+    /// Starts the writer thread "wgpulse-state", which writes `file` once `stored`
+    /// says the events of each state are stored.
+    pub(super) fn start(file: StateFile, stored: StoredWaiter) -> std::io::Result<Self> {
+        let (jobs, incoming) = crossbeam_channel::bounded::<SavedState>(1);
+        let (outcomes, results) = crossbeam_channel::bounded(1);
+        let writer = std::thread::Builder::new()
+            .name("wgpulse-state".into())
+            .spawn(move || {
+                for state in incoming {
+                    let outcome = if !stored.wait_stored(STORE_TIMEOUT) || !stored.all_durable() {
+                        SaveOutcome::NotStored
+                    } else {
+                        match file.save(&state) {
+                            Ok(()) => SaveOutcome::Saved,
+                            Err(err) => SaveOutcome::Failed(err),
+                        }
+                    };
+                    // Freed here, not on the pipeline thread.
+                    drop(state);
+                    if outcomes.send(outcome).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            copy: None,
+            writing: false,
+            jobs: Some(jobs),
+            results,
+            writer: Some(writer),
+        })
+    }
+
+    /// Whether a save is being copied or written (another does not begin).
+    pub(super) fn busy(&self) -> bool {
+        self.copy.is_some() || self.writing
+    }
+
+    /// Whether slices remain to be copied.
+    pub(super) fn copying(&self) -> bool {
+        self.copy.is_some()
+    }
+
+    /// Where the writer reports each save.
+    pub(super) fn results(&self) -> Receiver<SaveOutcome> {
+        self.results.clone()
+    }
+
+    /// Begins a save stamped `saved_at`: [`StateSaver::copy_slice`] copies it.
+    pub(super) fn begin(&mut self, saved_at: SystemTime) {
+        if self.busy() {
+            return;
+        }
+        self.copy = Some(Copy {
+            saved_at,
+            peers: Vec::new(),
+            after: None,
+        });
+    }
+
+    /// Copies the next slice of `table`; after the last one, the state goes to the
+    /// writer. Returns false when the writer is gone (nothing is saved any more).
+    pub(super) fn copy_slice(&mut self, table: &PeerTable) -> bool {
+        let Some(copy) = &mut self.copy else {
+            return true;
+        };
+        if copy.peers.capacity() == 0 {
+            copy.peers.reserve_exact(table.peer_count());
+        }
+        if let Some(next) = table.copy_peers(copy.after.as_ref(), SLICE, &mut copy.peers) {
+            copy.after = Some(next);
+            return true;
+        }
+        let Some(copy) = self.copy.take() else {
+            return true;
+        };
+        let state = SavedState {
+            version: persist::VERSION,
+            saved_at: copy.saved_at,
+            devices: table.device_states(),
+            peers: copy.peers,
+        };
+        self.send(state)
+    }
+
+    fn send(&mut self, state: SavedState) -> bool {
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(state).is_ok());
+        self.writing = sent;
+        sent
+    }
+
+    /// The writer's thread ended: nothing more is sent to it or awaited from it.
+    pub(super) fn gone(&mut self) {
+        self.jobs = None;
+        self.results = crossbeam_channel::never();
+        self.writing = false;
+    }
+
+    /// The writer reported (from [`StateSaver::results`]).
+    pub(super) fn finished(&mut self) {
+        self.writing = false;
+    }
+
+    /// At stop: waits for the save being written, then writes `state` and waits for
+    /// it (each at most [`STORE_TIMEOUT`] and a grace); returns the outcomes in order.
+    /// A writer that does not answer is left behind, not joined.
+    pub(super) fn finish(&mut self, state: SavedState) -> Vec<SaveOutcome> {
+        let wait = STORE_TIMEOUT + STOP_GRACE;
+        let mut outcomes = Vec::new();
+        self.copy = None;
+        if self.writing {
+            match self.results.recv_timeout(wait) {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(_) => {
+                    tracing::error!(
+                        "the state writer did not finish: the state is not saved at stop"
+                    );
+                    self.jobs = None;
+                    self.writer = None;
+                    return outcomes;
+                }
+            }
+            self.writing = false;
+        }
+        if self.send(state) {
+            match self.results.recv_timeout(wait) {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(_) => {
+                    tracing::error!(
+                        "the state writer did not finish: the state is not saved at stop"
+                    );
+                    self.jobs = None;
+                    self.writer = None;
+                    return outcomes;
+                }
+            }
+            self.writing = false;
+        }
+        self.jobs = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        outcomes
+    }
+}
+
+impl Pipeline {
+    /// Begins a save when one is due and none runs, and copies the next slice of one
+    /// that is copying.
+    pub(super) fn save_step(&mut self) {
+        if !self.saver.busy() && self.saves.is_due(Instant::now()) {
+            self.saves.begin(Instant::now());
+            self.saver.begin(SystemTime::now());
+        }
+        if self.saver.copying() {
+            let table = self.shared.table.read().expect("not poisoned");
+            if !self.saver.copy_slice(&table) {
+                drop(table);
+                self.writer_gone();
+            }
+        }
+    }
+
+    /// The state writer's thread ended: the state is no longer saved.
+    pub(super) fn writer_gone(&mut self) {
+        let why = "the state writer thread is gone: the peer state is no longer saved";
+        tracing::error!("{why}");
+        self.saver.gone();
+        self.saves.saved(Instant::now(), false);
+        self.shared
+            .status
+            .write()
+            .expect("not poisoned")
+            .persist_error = Some(why.into());
+    }
+
+    /// The writer reported a save.
+    pub(super) fn on_saved(&mut self, outcome: SaveOutcome) {
+        self.saver.finished();
+        let now = Instant::now();
+        let result = match outcome {
+            SaveOutcome::NotStored => {
+                if let Some(suppressed) = self.save_throttle.allow(now) {
+                    tracing::warn!(
+                        suppressed,
+                        "the peer state waits to be saved: its events are not on disk yet"
+                    );
+                }
+                self.saves.saved(now, false);
+                return;
+            }
+            SaveOutcome::Saved => Ok(()),
+            SaveOutcome::Failed(err) => Err(err),
+        };
+        self.saves.saved(now, result.is_ok());
+        let mut status = self.shared.status.write().expect("not poisoned");
+        match result {
+            Ok(()) => {
+                status.persist_saves += 1;
+                if status.persist_error.take().is_some() {
+                    tracing::info!("peer state saved again");
+                }
+            }
+            Err(err) => {
+                status.persist_failures += 1;
+                if status.persist_error.is_none() {
+                    tracing::error!(
+                        "saving peer state (kept in memory, retried with back-off): {err}"
+                    );
+                }
+                status.persist_error = Some(err.to_string());
+            }
+        }
+    }
+
+    /// At stop: the whole state, saved once its events are stored.
+    pub(super) fn final_save(&mut self) {
+        self.saves.begin(Instant::now());
+        let state = self.table().save(SystemTime::now());
+        for outcome in self.saver.finish(state) {
+            self.on_saved(outcome);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::EventQueue;
+    use crate::peers::PeerTable;
+    use crate::wg::{Device, DeviceKind, Peer, PublicKey};
+
+    fn device(peers: usize) -> Device {
+        Device {
+            name: "wgsave0".into(),
+            kind: DeviceKind::Userspace,
+            public_key: Some(PublicKey([200; 32])),
+            listen_port: 51820,
+            fwmark: 0,
+            peers: (0..peers)
+                .map(|i| {
+                    let mut key = [0u8; 32];
+                    key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    Peer::new(PublicKey(key))
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_state_copied_in_slices_is_the_whole_table() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = StateFile::new(dir.path());
+        let (queue, _consumer) = EventQueue::bounded(16);
+        let mut saver = StateSaver::start(file.clone(), queue.stored_waiter()).expect("writer");
+        let mut table = PeerTable::new(Duration::from_secs(180));
+        let now = SystemTime::now();
+        table.apply_devices(&[device(SLICE * 2 + 5)], now, now);
+
+        saver.begin(now);
+        let mut slices = 0;
+        while saver.copying() {
+            assert!(saver.copy_slice(&table), "the writer is there");
+            slices += 1;
+        }
+        assert_eq!(slices, 3, "2 full slices and the rest");
+        assert!(saver.busy(), "the copy is with the writer");
+        let outcome = saver.results().recv().expect("an outcome");
+        assert!(matches!(outcome, SaveOutcome::Saved), "{outcome:?}");
+        saver.finished();
+        assert_eq!(
+            file.load().expect("readable").expect("saved"),
+            table.save(now),
+            "the slices make up the table"
+        );
+    }
+}
