@@ -169,42 +169,35 @@ impl StateSaver {
     /// it (each at most [`STORE_TIMEOUT`] and a grace); returns the outcomes in order.
     /// A writer that does not answer is left behind, not joined.
     pub(super) fn finish(&mut self, state: SavedState) -> Vec<SaveOutcome> {
-        let wait = STORE_TIMEOUT + STOP_GRACE;
         let mut outcomes = Vec::new();
         self.copy = None;
-        if self.writing {
-            match self.results.recv_timeout(wait) {
-                Ok(outcome) => outcomes.push(outcome),
-                Err(_) => {
-                    tracing::error!(
-                        "the state writer did not finish: the state is not saved at stop"
-                    );
-                    self.jobs = None;
-                    self.writer = None;
-                    return outcomes;
-                }
-            }
-            self.writing = false;
-        }
-        if self.send(state) {
-            match self.results.recv_timeout(wait) {
-                Ok(outcome) => outcomes.push(outcome),
-                Err(_) => {
-                    tracing::error!(
-                        "the state writer did not finish: the state is not saved at stop"
-                    );
-                    self.jobs = None;
-                    self.writer = None;
-                    return outcomes;
-                }
-            }
-            self.writing = false;
+        let writer_free = !self.writing || self.await_outcome(&mut outcomes);
+        if writer_free && self.send(state) {
+            self.await_outcome(&mut outcomes);
         }
         self.jobs = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
         outcomes
+    }
+
+    /// Waits (at stop) for the writer's report of the save being written, onto
+    /// `outcomes`; false, leaving the writer behind, when it does not answer.
+    fn await_outcome(&mut self, outcomes: &mut Vec<SaveOutcome>) -> bool {
+        match self.results.recv_timeout(STORE_TIMEOUT + STOP_GRACE) {
+            Ok(outcome) => {
+                outcomes.push(outcome);
+                self.writing = false;
+                true
+            }
+            Err(_) => {
+                tracing::error!("the state writer did not finish: the state is not saved at stop");
+                self.jobs = None;
+                self.writer = None;
+                false
+            }
+        }
     }
 }
 
