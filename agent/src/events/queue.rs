@@ -73,7 +73,7 @@ impl StoredHandle {
 }
 
 /// How many stored events are held only in memory (a full disk), for
-/// [`EventQueue::all_durable`].
+/// [`StoredWaiter::all_durable`].
 pub type UnwrittenProbe = Arc<dyn Fn() -> usize + Send + Sync>;
 
 /// Waits for a durable queue's consumer ([`EventQueue::stored_waiter`]): what the
@@ -167,12 +167,6 @@ impl EventQueue {
     pub fn with_unwritten(mut self, probe: UnwrittenProbe) -> Self {
         self.unwritten = Some(probe);
         self
-    }
-
-    /// Whether nothing the consumer stored is held only in memory (always true
-    /// without a probe).
-    pub fn all_durable(&self) -> bool {
-        self.stored_waiter().all_durable()
     }
 
     /// Waits until the consumer has stored every event sent so far (at most
