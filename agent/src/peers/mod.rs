@@ -38,6 +38,7 @@ mod rule;
 pub mod save_schedule;
 mod sessions;
 pub mod state;
+pub mod state_stream;
 mod traffic;
 
 use std::collections::{BTreeMap, HashMap};

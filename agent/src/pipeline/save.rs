@@ -1,15 +1,18 @@
 //! The state save, kept off the pipeline's path: the pipeline copies the peer table
 //! in slices of [`SLICE`] peers between its messages (a session notice waits for one
-//! slice, never for a copy of the whole table), then hands the copy to the writer
-//! thread, which waits until the events of every change in it are stored durably and
-//! only then writes the file (serialise, fsync, rename).
+//! slice, never for a copy of the whole table) and hands each slice to the writer
+//! thread, which appends it to the temporary file at once (no copy of the whole
+//! table is held anywhere: see [`StateStream`]). After the last slice the writer
+//! waits until the events of every change in the state are stored durably and only
+//! then puts the file in force (fsync, rename).
 //!
 //! The crash guarantee: each slice is taken on the pipeline thread after the events
-//! of every change applied so far were sent, and the writer waits for all events sent
-//! before it starts, so a saved peer is never newer than the stored events. A peer
-//! that changes after its slice was taken is saved as it was (its change is due
-//! again: see [`SaveSchedule::begin`](crate::peers::save_schedule::SaveSchedule::begin)),
-//! which at worst repeats an event after a crash, never loses one.
+//! of every change applied so far were sent, and the writer waits, after the last
+//! slice, for all events sent before it, so a saved peer is never newer than the
+//! stored events. A peer that changes after its slice was taken is saved as it was
+//! (its change is due again: see
+//! [`SaveSchedule::begin`](crate::peers::save_schedule::SaveSchedule::begin)), which
+//! at worst repeats an event after a crash, never loses one.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,8 +21,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Pipeline, STORE_TIMEOUT};
 use crate::events::StoredWaiter;
-use crate::peers::persist::{self, PersistError, SavedState, StateFile};
-use crate::peers::{PeerKey, PeerState, PeerTable};
+use crate::peers::persist::{PersistError, SavedState, StateFile};
+use crate::peers::state_stream::StateStream;
+use crate::peers::{DeviceState, PeerKey, PeerState, PeerTable};
 
 /// Peers copied per slice: about 2 ms of the pipeline's time in a release build.
 pub(super) const SLICE: usize = 2048;
@@ -40,46 +44,120 @@ pub(super) enum SaveOutcome {
     Failed(PersistError),
 }
 
-/// A copy in progress.
+/// What the pipeline sends the writer. A save is `Begin`, any number of `Peers`,
+/// then `End`; `Whole` (at stop) abandons a save still being streamed.
+enum Job {
+    /// A new state file stamped with this time.
+    Begin(SystemTime),
+    /// The next slice of its peers.
+    Peers(Vec<PeerState>),
+    /// Its devices: the state is complete.
+    End(Vec<DeviceState>),
+    /// A whole state, written at once.
+    Whole(SavedState),
+}
+
+/// A copy in progress: the last peer copied (`None`: none yet).
 struct Copy {
-    saved_at: SystemTime,
-    peers: Vec<PeerState>,
-    /// The last peer copied (`None`: none yet).
     after: Option<PeerKey>,
 }
 
 /// The copy in slices and the writer thread.
 pub(super) struct StateSaver {
     copy: Option<Copy>,
-    /// A copy is with the writer.
+    /// A state is complete with the writer (its outcome is awaited).
     writing: bool,
-    jobs: Option<Sender<SavedState>>,
+    jobs: Option<Sender<Job>>,
     results: Receiver<SaveOutcome>,
     writer: Option<JoinHandle<()>>,
+}
+
+/// The writer thread's side: the stream being written and the error that ended it
+/// early, if one did (reported at its `End`).
+struct Writer {
+    file: StateFile,
+    stored: StoredWaiter,
+    stream: Option<Result<StateStream, PersistError>>,
+}
+
+impl Writer {
+    /// Handles one job; returns the outcome of a completed state.
+    fn on(&mut self, job: Job) -> Option<SaveOutcome> {
+        match job {
+            Job::Begin(saved_at) => {
+                self.stream = Some(StateStream::begin(&self.file, saved_at));
+                None
+            }
+            Job::Peers(peers) => {
+                if let Some(Ok(stream)) = &mut self.stream {
+                    if let Err(err) = stream.write_peers(&peers) {
+                        self.stream = Some(Err(err));
+                    }
+                }
+                // Freed here, not on the pipeline thread.
+                drop(peers);
+                None
+            }
+            Job::End(devices) => {
+                // (Never without a Begin; reported rather than left unanswered.)
+                let Some(stream) = self.stream.take() else {
+                    return Some(SaveOutcome::NotStored);
+                };
+                Some(
+                    match stream.and_then(|mut s| s.finish(&devices).map(|()| s)) {
+                        Err(err) => SaveOutcome::Failed(err),
+                        Ok(stream) if self.events_stored() => match stream.commit() {
+                            Ok(()) => SaveOutcome::Saved,
+                            Err(err) => SaveOutcome::Failed(err),
+                        },
+                        // Dropped: the temporary goes, the old file stays.
+                        Ok(_) => SaveOutcome::NotStored,
+                    },
+                )
+            }
+            Job::Whole(state) => {
+                self.stream = None;
+                Some(if !self.events_stored() {
+                    SaveOutcome::NotStored
+                } else {
+                    match self.file.save(&state) {
+                        Ok(()) => SaveOutcome::Saved,
+                        Err(err) => SaveOutcome::Failed(err),
+                    }
+                })
+            }
+        }
+    }
+
+    /// Waits until every event sent so far is stored durably (at most
+    /// [`STORE_TIMEOUT`]).
+    fn events_stored(&self) -> bool {
+        self.stored.wait_stored(STORE_TIMEOUT) && self.stored.all_durable()
+    }
 }
 
 impl StateSaver {
     /// Starts the writer thread "wgpulse-state", which writes `file` once `stored`
     /// says the events of each state are stored.
     pub(super) fn start(file: StateFile, stored: StoredWaiter) -> std::io::Result<Self> {
-        let (jobs, incoming) = crossbeam_channel::bounded::<SavedState>(1);
+        // Unbounded: a slice is never held up on the pipeline thread. A writer slower
+        // than the copy holds at most the slices of one state (the pipeline begins no
+        // other until this one's outcome is in).
+        let (jobs, incoming) = crossbeam_channel::unbounded::<Job>();
         let (outcomes, results) = crossbeam_channel::bounded(1);
+        let mut writer = Writer {
+            file,
+            stored,
+            stream: None,
+        };
         let writer = std::thread::Builder::new()
             .name("wgpulse-state".into())
             .spawn(move || {
-                for state in incoming {
-                    let outcome = if !stored.wait_stored(STORE_TIMEOUT) || !stored.all_durable() {
-                        SaveOutcome::NotStored
-                    } else {
-                        match file.save(&state) {
-                            Ok(()) => SaveOutcome::Saved,
-                            Err(err) => SaveOutcome::Failed(err),
+                for job in incoming {
+                    if let Some(outcome) = writer.on(job) {
+                        if outcomes.send(outcome).is_err() {
+                            break;
                         }
-                    };
-                    // Freed here, not on the pipeline thread.
-                    drop(state);
-                    if outcomes.send(outcome).is_err() {
-                        break;
                     }
                 }
             })?;
@@ -107,49 +185,54 @@ impl StateSaver {
         self.results.clone()
     }
 
-    /// Begins a save stamped `saved_at`: [`StateSaver::copy_slice`] copies it.
-    pub(super) fn begin(&mut self, saved_at: SystemTime) {
+    /// Begins a save stamped `saved_at`: [`StateSaver::copy_slice`] copies it. Returns
+    /// false when the writer is gone (nothing is saved any more).
+    pub(super) fn begin(&mut self, saved_at: SystemTime) -> bool {
         if self.busy() {
-            return;
+            return true;
         }
-        self.copy = Some(Copy {
-            saved_at,
-            peers: Vec::new(),
-            after: None,
-        });
+        if !self.send(Job::Begin(saved_at)) {
+            return false;
+        }
+        self.copy = Some(Copy { after: None });
+        true
     }
 
-    /// Copies the next slice of `table`; after the last one, the state goes to the
-    /// writer. Returns false when the writer is gone (nothing is saved any more).
+    /// Copies the next slice of `table` and hands it to the writer; after the last
+    /// one, the devices complete the state. Returns false when the writer is gone
+    /// (nothing is saved any more).
     pub(super) fn copy_slice(&mut self, table: &PeerTable) -> bool {
         let Some(copy) = &mut self.copy else {
             return true;
         };
-        if copy.peers.capacity() == 0 {
-            copy.peers.reserve_exact(table.peer_count());
+        let mut peers = Vec::with_capacity(SLICE.min(table.peer_count()));
+        let next = table.copy_peers(copy.after.as_ref(), SLICE, &mut peers);
+        if !self.send(Job::Peers(peers)) {
+            return false;
         }
-        if let Some(next) = table.copy_peers(copy.after.as_ref(), SLICE, &mut copy.peers) {
-            copy.after = Some(next);
-            return true;
+        match (next, &mut self.copy) {
+            (Some(next), Some(copy)) => {
+                copy.after = Some(next);
+                true
+            }
+            _ => {
+                self.copy = None;
+                let sent = self.send(Job::End(table.device_states()));
+                self.writing = sent;
+                sent
+            }
         }
-        let Some(copy) = self.copy.take() else {
-            return true;
-        };
-        let state = SavedState {
-            version: persist::VERSION,
-            saved_at: copy.saved_at,
-            devices: table.device_states(),
-            peers: copy.peers,
-        };
-        self.send(state)
     }
 
-    fn send(&mut self, state: SavedState) -> bool {
+    fn send(&mut self, job: Job) -> bool {
         let sent = self
             .jobs
             .as_ref()
-            .is_some_and(|jobs| jobs.send(state).is_ok());
-        self.writing = sent;
+            .is_some_and(|jobs| jobs.send(job).is_ok());
+        if !sent {
+            self.copy = None;
+            self.writing = false;
+        }
         sent
     }
 
@@ -158,6 +241,7 @@ impl StateSaver {
         self.jobs = None;
         self.results = crossbeam_channel::never();
         self.writing = false;
+        self.copy = None;
     }
 
     /// The writer reported (from [`StateSaver::results`]).
@@ -165,14 +249,16 @@ impl StateSaver {
         self.writing = false;
     }
 
-    /// At stop: waits for the save being written, then writes `state` and waits for
-    /// it (each at most [`STORE_TIMEOUT`] and a grace); returns the outcomes in order.
-    /// A writer that does not answer is left behind, not joined.
+    /// At stop: waits for the save being written, then writes `state` (abandoning a
+    /// save still being copied) and waits for it (each at most [`STORE_TIMEOUT`] and
+    /// a grace); returns the outcomes in order. A writer that does not answer is left
+    /// behind, not joined.
     pub(super) fn finish(&mut self, state: SavedState) -> Vec<SaveOutcome> {
         let mut outcomes = Vec::new();
         self.copy = None;
         let writer_free = !self.writing || self.await_outcome(&mut outcomes);
-        if writer_free && self.send(state) {
+        if writer_free && self.send(Job::Whole(state)) {
+            self.writing = true;
             self.await_outcome(&mut outcomes);
         }
         self.jobs = None;
@@ -207,7 +293,10 @@ impl Pipeline {
     pub(super) fn save_step(&mut self) {
         if !self.saver.busy() && self.saves.is_due(Instant::now()) {
             self.saves.begin(Instant::now());
-            self.saver.begin(SystemTime::now());
+            if !self.saver.begin(SystemTime::now()) {
+                self.writer_gone();
+                return;
+            }
         }
         if self.saver.copying() {
             let table = self.shared.table.read().expect("not poisoned");

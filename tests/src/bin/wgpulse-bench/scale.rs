@@ -321,7 +321,20 @@ fn measure(peers: usize, rounds: usize, scrapes: usize) -> Figures {
 
 /// Runs the part.
 pub fn run(quick: bool) -> Part {
-    let sizes: &[usize] = if quick { &[1_000] } else { &[10_000, 100_000] };
+    let all: &[usize] = if quick { &[1_000] } else { &[10_000, 100_000] };
+    // `WGPULSE_BENCH_SCALE_SIZES=100000` runs only the sizes listed (for profiling one
+    // size; the full report runs both).
+    let sizes: Vec<usize> = match std::env::var("WGPULSE_BENCH_SCALE_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("WGPULSE_BENCH_SCALE_SIZES: peer counts")
+            })
+            .collect(),
+        Err(_) => all.to_vec(),
+    };
     let rounds = if quick { 2 } else { 10 };
     let scrapes = if quick { 3 } else { 7 };
     let mut part = Part::new(
@@ -330,7 +343,7 @@ pub fn run(quick: bool) -> Part {
         &format!("wireguard-go devices (one for 10k; two of 50k for 100k: wireguard-go holds at most 65536 peers a device) given N peers in one UAPI set each while the agent (a batch-format webhook on loopback) watches it; traffic from every peer's endpoint; median of {scrapes} scrapes; {rounds} connects of a real peer among them (each with a new key on a known endpoint, learnt from a scrape's read-through read before the ping), from the completing packet (tshark) to the event at the receiver; ratios are to the 10k figure of the same run"),
     );
     let mut base: Option<Figures> = None;
-    for &n in sizes {
+    for &n in &sizes {
         let f = measure(n, rounds, scrapes);
         println!(
             "scale {n}: {} creates in {:.0} ms, device read {:.1} ms, drain {:.2} ms, /metrics {:.1} ms, RSS {:.1} MiB, connect p50 {:.1} / p99 {:.1} ms",
