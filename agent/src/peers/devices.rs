@@ -1,7 +1,7 @@
 //! Device reads: devices and peers appearing, changing and disappearing, and the
 //! traffic and notices that waited for a read applied after it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::SystemTime;
 
 use super::traffic::{add_path, add_traffic};
@@ -16,9 +16,26 @@ impl PeerTable {
         read_started: SystemTime,
         now: SystemTime,
     ) -> Vec<Change> {
+        self.apply_read(devices, &[], read_started, now)
+    }
+
+    /// [`PeerTable::apply_devices`] of a read in which the devices named in
+    /// `unreadable` exist but did not answer (a stopped or busy daemon): they and
+    /// their peers stay as they were (not deleted), whatever `devices` holds for them.
+    pub fn apply_read(
+        &mut self,
+        devices: &[Device],
+        unreadable: &[String],
+        read_started: SystemTime,
+        now: SystemTime,
+    ) -> Vec<Change> {
         let mut changes = Vec::new();
         let quiet = !self.baseline;
-        let names: BTreeSet<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+        let names: BTreeSet<&str> = devices
+            .iter()
+            .map(|d| d.name.as_str())
+            .chain(unreadable.iter().map(String::as_str))
+            .collect();
 
         let gone: Vec<String> = self
             .devices
@@ -29,11 +46,13 @@ impl PeerTable {
         for name in gone {
             self.remove_device(&name, &mut changes);
         }
-        for device in devices {
+        for device in devices.iter().filter(|d| !unreadable.contains(&d.name)) {
             self.apply_device(device, read_started, now, quiet, &mut changes);
         }
         self.baseline = true;
-        self.rebuild_owners();
+        if std::mem::take(&mut self.owners_stale) {
+            self.rebuild_owners();
+        }
 
         for (id, pending) in std::mem::take(&mut self.pending) {
             match self.owner(&id) {
@@ -125,13 +144,13 @@ impl PeerTable {
         }
         let device_public_key = device.public_key;
 
-        let current: BTreeSet<PublicKey> = device.peers.iter().map(|p| p.public_key).collect();
+        let current: HashSet<PublicKey> = device.peers.iter().map(|p| p.public_key).collect();
         let removed: Vec<PeerKey> = self
-            .peers
-            .keys()
-            .filter(|k| k.device == device.name && !current.contains(&k.public_key))
+            .device_keys(&device.name)
+            .filter(|k| !current.contains(&k.public_key))
             .cloned()
             .collect();
+        drop(current);
         for key in removed {
             self.remove_peer(
                 &key,
@@ -140,11 +159,13 @@ impl PeerTable {
                 changes,
             );
         }
+        // One key, its public key replaced per peer: no allocation per known peer.
+        let mut key = PeerKey {
+            device: device.name.clone(),
+            public_key: PublicKey([0; 32]),
+        };
         for peer in &device.peers {
-            let key = PeerKey {
-                device: device.name.clone(),
-                public_key: peer.public_key,
-            };
+            key.public_key = peer.public_key;
             match self.peers.get_mut(&key) {
                 None => {
                     let mut state = new_peer(key.clone(), peer, now);
@@ -159,32 +180,33 @@ impl PeerTable {
                             previous: None,
                         });
                     }
-                    self.peers.insert(key, state);
+                    self.peers.insert(key.clone(), state);
+                    self.owners_stale = true;
                 }
                 Some(state) => {
-                    let previous = PeerPrevious::of(state);
-                    let fields = update_peer(state, peer, read_started);
-                    if !fields.is_empty() {
-                        state.updated_at = now;
-                        let new_address = if fields.contains(&"Endpoint") {
-                            // The first address a peer is seen at is not news.
-                            let first = state.addresses_seen.is_empty();
-                            state
-                                .endpoint
-                                .map(|e| e.ip())
-                                .filter(|ip| state.remember_address(*ip) && !first)
-                        } else {
-                            None
-                        };
-                        changes.push(Change::Peer {
-                            kind: ChangeKind::Update,
-                            peer: state.clone(),
-                            device_public_key,
-                            fields,
-                            new_address,
-                            previous: Some(previous),
-                        });
-                    }
+                    let Some((fields, previous)) = update_peer(state, peer, read_started) else {
+                        continue;
+                    };
+                    state.updated_at = now;
+                    let new_address = if fields.contains(&"Endpoint") {
+                        self.owners_stale = true;
+                        // The first address a peer is seen at is not news.
+                        let first = state.addresses_seen.is_empty();
+                        state
+                            .endpoint
+                            .map(|e| e.ip())
+                            .filter(|ip| state.remember_address(*ip) && !first)
+                    } else {
+                        None
+                    };
+                    changes.push(Change::Peer {
+                        kind: ChangeKind::Update,
+                        peer: state.clone(),
+                        device_public_key,
+                        fields,
+                        new_address,
+                        previous: Some(previous),
+                    });
                 }
             }
         }
@@ -194,12 +216,7 @@ impl PeerTable {
         let Some(device) = self.devices.remove(name) else {
             return;
         };
-        let keys: Vec<PeerKey> = self
-            .peers
-            .keys()
-            .filter(|k| k.device == name)
-            .cloned()
-            .collect();
+        let keys: Vec<PeerKey> = self.device_keys(name).cloned().collect();
         for key in keys {
             self.remove_peer(
                 &key,
@@ -225,8 +242,10 @@ impl PeerTable {
         let Some(mut peer) = self.peers.remove(key) else {
             return;
         };
-        self.owners
-            .retain(|id, owner| !(*owner == key.public_key && id.0 == key.device));
+        // Its endpoint's owner entry goes when the read being applied rebuilds the
+        // owners (one rebuild, not a scan of them per removed peer: a device of 50k
+        // peers going away cost 50k scans of 100k entries).
+        self.owners_stale = true;
         self.former
             .retain(|id, (owner, _)| !(id.0 == key.device && *owner == key.public_key));
         if peer.connected {
@@ -279,15 +298,28 @@ pub(super) fn new_peer(key: PeerKey, peer: &Peer, now: SystemTime) -> PeerState 
     }
 }
 
-/// Folds a device read into a known peer; returns the payload fields that changed.
+/// Folds a device read into a known peer; returns the payload fields that changed
+/// and the configuration before the change, or `None` when nothing a payload
+/// carries changed (WireGuard's counters and handshake time are folded in either
+/// way).
 pub(super) fn update_peer(
     state: &mut PeerState,
     peer: &Peer,
     read_started: SystemTime,
-) -> Vec<&'static str> {
+) -> Option<(Vec<&'static str>, PeerPrevious)> {
     let mut fields = Vec::new();
+    let mut previous = PeerPrevious {
+        endpoint: state.endpoint,
+        allowed_ips: Vec::new(),
+        persistent_keepalive: state.persistent_keepalive,
+        has_preshared_key: state.has_preshared_key,
+    };
+    let mut allowed_ips_before = None;
     if state.allowed_ips != peer.allowed_ips {
-        state.allowed_ips = peer.allowed_ips.clone();
+        allowed_ips_before = Some(std::mem::replace(
+            &mut state.allowed_ips,
+            peer.allowed_ips.clone(),
+        ));
         fields.push("AllowedIPsStr");
     }
     if state.persistent_keepalive != peer.persistent_keepalive {
@@ -316,5 +348,9 @@ pub(super) fn update_peer(
     state.wg_endpoint = peer.endpoint;
     state.wg.update(peer.rx_bytes, peer.tx_bytes);
     state.last_handshake = state.last_handshake.max(peer.last_handshake);
-    fields
+    if fields.is_empty() {
+        return None;
+    }
+    previous.allowed_ips = allowed_ips_before.unwrap_or_else(|| state.allowed_ips.clone());
+    Some((fields, previous))
 }

@@ -220,6 +220,9 @@ pub struct PeerTable {
     peers: BTreeMap<PeerKey, PeerState>,
     /// Current endpoints: who owns which.
     owners: HashMap<EndpointId, PublicKey>,
+    /// A peer came, went or moved since [`PeerTable::owners`] was built: the next
+    /// device read rebuilds it (a read that changes no endpoint leaves it as it is).
+    owners_stale: bool,
     /// Endpoints left by a roam, still the peer's until the first drain after the roam.
     former: HashMap<EndpointId, (PublicKey, SystemTime)>,
     pending: HashMap<EndpointId, Pending>,
@@ -240,6 +243,7 @@ impl PeerTable {
             devices: BTreeMap::new(),
             peers: BTreeMap::new(),
             owners: HashMap::new(),
+            owners_stale: false,
             former: HashMap::new(),
             pending: HashMap::new(),
             pending_notices: Vec::new(),
@@ -360,6 +364,19 @@ impl PeerTable {
         groups
     }
 
+    /// The keys of one device's peers, in order (a range of the table, not a scan).
+    fn device_keys<'a>(&'a self, device: &str) -> impl Iterator<Item = &'a PeerKey> + 'a {
+        let first = PeerKey {
+            device: device.to_owned(),
+            public_key: PublicKey([0; 32]),
+        };
+        let device = first.device.clone();
+        self.peers
+            .range(first..)
+            .map(|(key, _)| key)
+            .take_while(move |key| key.device == device)
+    }
+
     /// Every peer, by device then key.
     pub fn peers(&self) -> impl Iterator<Item = &PeerState> {
         self.peers.values()
@@ -388,6 +405,7 @@ impl PeerTable {
     }
 
     fn rebuild_owners(&mut self) {
+        self.owners_stale = false;
         self.owners = self
             .peers
             .values()

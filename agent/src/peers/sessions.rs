@@ -137,6 +137,9 @@ impl PeerTable {
         let id = (key.device.clone(), to);
         self.former.remove(&id);
         self.owners.insert(id.clone(), key.public_key);
+        // WireGuard's list catches up at the next read, which rebuilds the owners
+        // (a peer that shared the old endpoint gets it back).
+        self.owners_stale = true;
         if let Some(pending) = self.pending.remove(&id) {
             add_traffic(peer, &pending.counters, pending.last_rx, pending.last_tx);
             add_path(peer, &pending.path);

@@ -711,3 +711,93 @@ fn peers_by_device_groups_every_peer_under_its_own_device() {
     );
     assert_eq!(groups, expected);
 }
+
+#[test]
+fn an_update_carries_the_configuration_it_replaced() {
+    let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", None)], t(0));
+    let mut changed = wg_peer(1, "192.0.2.9:1000", None);
+    changed.allowed_ips = vec!["10.9.0.0/16".into()];
+    let changes = table.apply_devices(&[device(vec![changed])], t(1), t(1));
+    let [Change::Peer {
+        kind: ChangeKind::Update,
+        peer,
+        previous: Some(previous),
+        fields,
+        ..
+    }] = changes.as_slice()
+    else {
+        panic!("one update: {:?}", names(&changes));
+    };
+    assert_eq!(fields, &["AllowedIPsStr", "Endpoint"]);
+    assert_eq!(previous.allowed_ips, ["10.0.0.1/32"]);
+    assert_eq!(previous.endpoint, Some(addr("192.0.2.1:1000")));
+    assert_eq!(peer.allowed_ips, ["10.9.0.0/16"]);
+    // The endpoint's owner moved with it.
+    assert_eq!(table.owner_of(DEV, &addr("192.0.2.9:1000")), Some(key(1)));
+    assert_eq!(table.owner_of(DEV, &addr("192.0.2.1:1000")), None);
+
+    // Only the endpoint changes: the previous allowed IPs are the current ones.
+    let moved = {
+        let mut p = wg_peer(1, "192.0.2.10:1000", None);
+        p.allowed_ips = vec!["10.9.0.0/16".into()];
+        p
+    };
+    let changes = table.apply_devices(&[device(vec![moved])], t(2), t(2));
+    let [Change::Peer {
+        previous: Some(previous),
+        ..
+    }] = changes.as_slice()
+    else {
+        panic!("one update: {:?}", names(&changes));
+    };
+    assert_eq!(previous.allowed_ips, ["10.9.0.0/16"]);
+}
+
+#[test]
+fn a_removed_peers_endpoint_goes_back_to_the_peer_that_shared_it() {
+    // Two peers configured with one endpoint: the owner map holds one of them.
+    let table_peers = vec![
+        wg_peer(1, "192.0.2.1:1000", None),
+        wg_peer(2, "192.0.2.1:1000", None),
+    ];
+    let mut table = table_with(table_peers, t(0));
+    let first_owner = table.owner_of(DEV, &addr("192.0.2.1:1000"));
+    assert!(first_owner.is_some());
+    let stays = if first_owner == Some(key(1)) { 2 } else { 1 };
+    // The owner is removed: the other peer owns the endpoint after the read.
+    table.apply_devices(
+        &[device(vec![wg_peer(stays, "192.0.2.1:1000", None)])],
+        t(1),
+        t(1),
+    );
+    assert_eq!(
+        table.owner_of(DEV, &addr("192.0.2.1:1000")),
+        Some(key(stays))
+    );
+    // A read that changes nothing keeps it.
+    table.apply_devices(
+        &[device(vec![wg_peer(stays, "192.0.2.1:1000", None)])],
+        t(2),
+        t(2),
+    );
+    assert_eq!(
+        table.owner_of(DEV, &addr("192.0.2.1:1000")),
+        Some(key(stays))
+    );
+}
+
+#[test]
+fn an_unreadable_device_keeps_its_peers_whatever_the_read_holds_for_it() {
+    let mut table = table_with(vec![wg_peer(1, "192.0.2.1:1000", None)], t(0));
+    // The read has only the device's header (no peers): not a removal.
+    let changes = table.apply_read(&[device(vec![])], &[DEV.to_owned()], t(1), t(1));
+    assert!(changes.is_empty(), "{:?}", names(&changes));
+    assert!(table.peer(DEV, &key(1)).is_some());
+    // Not even listed: still not gone.
+    let changes = table.apply_read(&[], &[DEV.to_owned()], t(2), t(2));
+    assert!(changes.is_empty(), "{:?}", names(&changes));
+    assert!(table.device(DEV).is_some() && table.peer(DEV, &key(1)).is_some());
+    // Readable again without the peer: now it is removed.
+    let changes = table.apply_read(&[device(vec![])], &[], t(3), t(3));
+    assert_eq!(names(&changes), ["peer.Delete:1[]"]);
+}

@@ -218,6 +218,7 @@ pub fn start(
         datapath,
         ids: DeviceIds::default(),
         devices: Vec::new(),
+        device_summary: Vec::new(),
         observer,
         shared: shared.clone(),
         events,
@@ -279,7 +280,11 @@ struct Pipeline {
     node: String,
     datapath: Datapath,
     ids: DeviceIds,
+    /// The last read's devices, without their peers (the table holds those).
     devices: Vec<Device>,
+    /// Name, port and peer count of each device at the last read (logged when it
+    /// changes).
+    device_summary: Vec<(String, u16, usize)>,
     observer: Option<crossbeam_channel::Sender<Observation>>,
     shared: Arc<Shared>,
     events: EventQueue,

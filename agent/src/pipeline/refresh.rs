@@ -39,17 +39,18 @@ impl Pipeline {
         result: Result<wg::Discovered, wg::DiscoveryError>,
         read_started: SystemTime,
     ) {
-        let devices = match result {
+        let (devices, unreadable) = match result {
             Ok(mut found) => {
                 // A device that exists but did not answer (stopped or busy daemon)
-                // is not gone: keep its last reading rather than report a delete.
+                // is not gone: its last header keeps its port and attachment, and
+                // the table keeps its peers rather than report a delete.
                 for name in &found.unreadable {
                     if let Some(last) = self.devices.iter().find(|d| &d.name == name) {
                         found.devices.push(last.clone());
                     }
                 }
                 found.devices.sort_by(|a, b| a.name.cmp(&b.name));
-                found.devices
+                (found.devices, found.unreadable)
             }
             Err(err) => {
                 tracing::warn!("reading WireGuard devices: {err}");
@@ -78,24 +79,43 @@ impl Pipeline {
         if let Err(err) = self.datapath.set_ports(&ports) {
             tracing::error!("updating the port map: {err}");
         }
-        let summary = |devices: &[Device]| -> Vec<(String, u16, usize)> {
-            devices
-                .iter()
-                .map(|d| (d.name.clone(), d.listen_port, d.peers.len()))
-                .collect()
-        };
-        if summary(&devices) != summary(&self.devices) || self.devices.is_empty() {
-            tracing::info!(
-                devices = ?devices.iter().map(|d| (&d.name, d.listen_port, d.peers.len())).collect::<Vec<_>>(),
-                "WireGuard devices"
-            );
+        // Peers per device as read (an unreadable device keeps its last count).
+        let summary: Vec<(String, u16, usize)> = devices
+            .iter()
+            .map(|d| {
+                let peers = if unreadable.contains(&d.name) {
+                    self.device_summary
+                        .iter()
+                        .find(|s| s.0 == d.name)
+                        .map_or(0, |s| s.2)
+                } else {
+                    d.peers.len()
+                };
+                (d.name.clone(), d.listen_port, peers)
+            })
+            .collect();
+        if summary != self.device_summary || self.device_summary.is_empty() {
+            tracing::info!(devices = ?summary, "WireGuard devices");
         }
-        self.devices = devices;
+        self.device_summary = summary;
+        // Kept: the devices' headers (names, ports, keys), not their peers, which the
+        // table holds (at 100k peers the read's peers were about 30 MiB).
+        self.devices = devices
+            .iter()
+            .map(|d| Device {
+                name: d.name.clone(),
+                kind: d.kind,
+                public_key: d.public_key,
+                listen_port: d.listen_port,
+                fwmark: d.fwmark,
+                peers: Vec::new(),
+            })
+            .collect();
         self.attach_interfaces();
         self.reload_names();
         let changes =
             self.table_mut()
-                .apply_devices(&self.devices, read_started, SystemTime::now());
+                .apply_read(&devices, &unreadable, read_started, SystemTime::now());
         {
             let mut status = self.shared.status.write().expect("not poisoned");
             status.devices_read_at = Some(SystemTime::now());
@@ -109,7 +129,7 @@ impl Pipeline {
             self.saves.counters_moved(Instant::now());
         }
         if self.observer.is_some() {
-            self.observe(Observation::Devices(self.devices.clone()));
+            self.observe(Observation::Devices(devices));
         }
     }
 
