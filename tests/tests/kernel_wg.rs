@@ -289,7 +289,9 @@ fn kernel_view(agent: &InProcessAgent, device: &str, key: &str) -> Option<Kernel
     let shared = agent.shared();
     let table = shared.table.read().unwrap();
     let key: PublicKey = key.parse().unwrap();
-    table.peer(device, &key).and_then(|p| p.kernel)
+    table
+        .peer(device, &key)
+        .and_then(|p| p.kernel.as_deref().copied())
 }
 
 /// Calls `condition` until it holds (true) or `timeout` passed (false); `condition`

@@ -180,7 +180,7 @@ impl PeerTable {
                             previous: None,
                         });
                     }
-                    self.peers.insert(key.clone(), state);
+                    self.peers.insert(key.clone(), Box::new(state));
                     self.owners_stale = true;
                 }
                 Some(state) => {
@@ -201,7 +201,7 @@ impl PeerTable {
                     };
                     changes.push(Change::Peer {
                         kind: ChangeKind::Update,
-                        peer: state.clone(),
+                        peer: PeerState::clone(state),
                         device_public_key,
                         fields,
                         new_address,
@@ -239,7 +239,7 @@ impl PeerTable {
         reason: DisconnectReason,
         changes: &mut Vec<Change>,
     ) {
-        let Some(mut peer) = self.peers.remove(key) else {
+        let Some(mut peer) = self.peers.remove(key).map(|peer| *peer) else {
             return;
         };
         // Its endpoint's owner entry goes when the read being applied rebuilds the

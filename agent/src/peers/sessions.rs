@@ -146,7 +146,7 @@ impl PeerTable {
         }
         changes.push(Change::Peer {
             kind: ChangeKind::Update,
-            peer: peer.clone(),
+            peer: PeerState::clone(peer),
             device_public_key,
             fields: vec!["Endpoint"],
             new_address,

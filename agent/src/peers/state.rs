@@ -357,8 +357,9 @@ pub struct PeerState {
     #[serde(default, skip_serializing)]
     pub name: Option<std::sync::Arc<super::names::PeerName>>,
     /// The kernel-mode view (kernel WireGuard only; starts over with every run).
+    /// Boxed: 144 bytes most peers (userspace WireGuard) never fill.
     #[serde(skip)]
-    pub kernel: Option<KernelView>,
+    pub kernel: Option<Box<KernelView>>,
     /// Path health: transport-counter figures and handshake round trips.
     #[serde(default)]
     pub path: super::path::PathHealth,

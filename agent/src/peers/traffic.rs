@@ -51,7 +51,7 @@ impl PeerTable {
             let path_since_previous = path_now.since(&peer.path.at_last_handshake);
             peer.path.at_last_handshake = path_now;
             changes.push(Change::Handshake {
-                peer: peer.clone(),
+                peer: PeerState::clone(peer),
                 device_public_key,
                 role,
                 endpoint,
@@ -77,7 +77,12 @@ impl PeerTable {
                 public_key: reading.public_key,
             };
             if let Some(peer) = self.peers.get_mut(&key) {
-                peer.kernel = Some(KernelView::observe(peer.kernel, reading, &peer.wire));
+                let view =
+                    KernelView::observe(peer.kernel.as_deref().copied(), reading, &peer.wire);
+                match &mut peer.kernel {
+                    Some(kept) => **kept = view,
+                    None => peer.kernel = Some(Box::new(view)),
+                }
             }
         }
     }

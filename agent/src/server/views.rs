@@ -217,7 +217,7 @@ impl PeerView {
                 rx_initiations: peer.wire.handshakes.rx_initiations,
                 tx_initiations: peer.wire.handshakes.tx_initiations,
             },
-            kernel: peer.kernel.map(|k| KernelModeView {
+            kernel: peer.kernel.as_deref().map(|k| KernelModeView {
                 internal_id: k.internal_id,
                 rx_bytes: k.rx_bytes,
                 tx_bytes: k.tx_bytes,
