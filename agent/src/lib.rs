@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod apiclient;
 pub mod app;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod datapath;

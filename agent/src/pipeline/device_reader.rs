@@ -50,6 +50,7 @@ impl DeviceReader {
         std::thread::Builder::new()
             .name("wgpulse-devices".into())
             .spawn(move || {
+                crate::background::lower_this_thread("the device reader");
                 for () in requested {
                     if done.send(read(&options)).is_err() {
                         break;
