@@ -233,6 +233,10 @@ pub struct AlertEngine {
     config: AlertsConfig,
     unanswered: HashMap<(String, SocketAddr, Direction), Unanswered>,
     windows: HashMap<(AlertType, String), Window>,
+    /// Each peer's path-loss window, by device and public key.
+    path_windows: HashMap<String, HashMap<PublicKey, path_health::PathWindow>>,
+    /// When quiet peers' path windows were last dropped.
+    paths_pruned_at: Option<SystemTime>,
     suppressed_until: HashMap<(AlertType, String), SystemTime>,
     /// Socket drops per peer within the window, for the evidence.
     drops_by_peer: HashMap<String, BTreeMap<String, Window>>,
@@ -277,6 +281,8 @@ impl AlertEngine {
             config,
             unanswered: HashMap::new(),
             windows: HashMap::new(),
+            path_windows: HashMap::new(),
+            paths_pruned_at: None,
             suppressed_until: HashMap::new(),
             drops_by_peer: HashMap::new(),
         }

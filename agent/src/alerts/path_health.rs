@@ -3,6 +3,7 @@
 //! were numbered in the window (three lost keepalives page nobody). `path_latency`
 //! (warning): a handshake round trip above `path_latency_above` (off unless set).
 
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
@@ -26,7 +27,7 @@ impl AlertEngine {
         }
         let width = self.config.window;
         // Per (device, peer): lost and received in this drain.
-        let mut moved: std::collections::BTreeMap<(String, String), (u64, u64)> =
+        let mut moved: std::collections::BTreeMap<(&str, PublicKey), (u64, u64)> =
             Default::default();
         for (device, sample) in samples {
             if sample.direction != PathDirection::Receive {
@@ -35,19 +36,23 @@ impl AlertEngine {
             let Some(peer) = owner(device, &sample.endpoint.addr) else {
                 continue;
             };
-            let entry = moved.entry((device.clone(), peer.to_base64())).or_default();
+            let entry = moved.entry((device.as_str(), peer)).or_default();
             entry.0 += sample.delta.lost;
             entry.1 += sample.delta.packets;
         }
+        self.forget_quiet_paths(now);
         let mut alerts = Vec::new();
         for ((device, peer), (lost, received)) in moved {
-            let subject = peer;
-            let lost_total = self
-                .window(AlertType::PathLoss, &format!("lost/{device}/{subject}"))
-                .add(now, lost, width);
-            let received_total = self
-                .window(AlertType::PathLoss, &format!("received/{device}/{subject}"))
-                .add(now, received, width);
+            if !self.path_windows.contains_key(device) {
+                self.path_windows.insert(device.to_owned(), HashMap::new());
+            }
+            let (lost_total, received_total) = self
+                .path_windows
+                .get_mut(device)
+                .expect("inserted above")
+                .entry(peer)
+                .or_default()
+                .add(now, lost, received, width);
             let numbered = lost_total + received_total;
             if lost == 0 || numbered < self.config.path_loss_min_packets || numbered == 0 {
                 continue;
@@ -56,6 +61,7 @@ impl AlertEngine {
             if ratio <= self.config.path_loss_ratio {
                 continue;
             }
+            let subject = peer.to_base64();
             let evidence = json!({
                 "Peer": subject,
                 "Lost": lost_total,
@@ -67,7 +73,7 @@ impl AlertEngine {
             alerts.extend(self.fire(
                 AlertType::PathLoss,
                 Severity::Warning,
-                &device,
+                device,
                 subject,
                 evidence,
                 now,
@@ -106,5 +112,68 @@ impl AlertEngine {
         )
         .into_iter()
         .collect()
+    }
+}
+
+/// One peer's lost and received data messages over the sliding window, one entry
+/// per drain that moved them (one map entry per peer, keyed by its public key: no
+/// formatted keys per drain).
+#[derive(Debug, Default)]
+pub(super) struct PathWindow {
+    entries: VecDeque<(SystemTime, u64, u64)>,
+}
+
+impl PathWindow {
+    /// Adds a drain's counts at `at`, forgets those `width` or more before it and
+    /// returns the window's totals (lost, received).
+    fn add(&mut self, at: SystemTime, lost: u64, received: u64, width: Duration) -> (u64, u64) {
+        if lost > 0 || received > 0 {
+            self.entries.push_back((at, lost, received));
+        }
+        self.expire(at, width);
+        self.entries
+            .iter()
+            .fold((0, 0), |(l, r), (_, lost, received)| {
+                (l + lost, r + received)
+            })
+    }
+
+    fn expire(&mut self, now: SystemTime, width: Duration) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(t, ..)| now.duration_since(*t).unwrap_or_default() >= width)
+        {
+            self.entries.pop_front();
+        }
+    }
+}
+
+impl AlertEngine {
+    /// Drops the windows of peers whose traffic left the window (a peer that went
+    /// quiet kept its window for ever): at most once per window width, so a drain
+    /// does not scan every peer's window.
+    fn forget_quiet_paths(&mut self, now: SystemTime) {
+        let width = self.config.window;
+        if self
+            .paths_pruned_at
+            .is_some_and(|at| now.duration_since(at).unwrap_or_default() < width)
+        {
+            return;
+        }
+        self.paths_pruned_at = Some(now);
+        for windows in self.path_windows.values_mut() {
+            windows.retain(|_, window| {
+                window.expire(now, width);
+                !window.entries.is_empty()
+            });
+        }
+        self.path_windows.retain(|_, windows| !windows.is_empty());
+    }
+
+    /// How many peers have a path-loss window (for tests).
+    #[cfg(test)]
+    pub(super) fn path_windows(&self) -> usize {
+        self.path_windows.values().map(HashMap::len).sum()
     }
 }

@@ -279,3 +279,27 @@ fn path_latency_is_off_unless_set() {
     assert_eq!(fired[0].kind, AlertType::PathLatency);
     assert_eq!(fired[0].evidence["RoundTripSeconds"], 0.25);
 }
+
+#[test]
+fn a_quiet_peers_path_window_is_forgotten_once_it_leaves_the_window() {
+    let mut engine = AlertEngine::new(AlertsConfig::default());
+    let width = AlertsConfig::default().window.as_secs();
+    assert!(engine
+        .on_paths(&[path_sample(0, 100)], peer7, t(0))
+        .is_empty());
+    assert_eq!(engine.path_windows(), 1);
+    // Within the window: kept.
+    engine.on_paths(&[], peer7, t(1));
+    assert_eq!(engine.path_windows(), 1);
+    // A drain a window later with nothing from the peer: gone.
+    engine.on_paths(&[], peer7, t(width + 1));
+    assert_eq!(
+        engine.path_windows(),
+        0,
+        "the quiet peer's window was dropped"
+    );
+    // Loss after it is judged on the new window only: 3 of 5 is too few packets.
+    assert!(engine
+        .on_paths(&[path_sample(3, 2)], peer7, t(width + 2))
+        .is_empty());
+}
