@@ -15,6 +15,15 @@ pub const COALESCE: Duration = Duration::from_secs(2);
 /// How often the state is written when only counters changed.
 pub const COUNTERS_EVERY: Duration = Duration::from_secs(60);
 
+/// A save may take at most one part in `SAVE_SHARE` of the time: after a save that
+/// took `d` (copy, wait for the events, write, fsync), the next begins no sooner
+/// than `(SAVE_SHARE - 1) * d` after it ended. At 10k peers (a save of about 0.1 s)
+/// [`COALESCE`] is the longer wait; at 100k peers (100 MB of JSON, over a second)
+/// this keeps the disk from rewriting the state back to back, whose fsyncs held up
+/// the outbox's. A later save loses nothing: the events are stored on their own,
+/// the state file only shortens what a restart repeats.
+pub const SAVE_SHARE: u32 = 10;
+
 /// First and longest wait before a failed write is tried again.
 const RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
@@ -26,6 +35,8 @@ pub struct SaveSchedule {
     began: Option<Instant>,
     /// When the pending save is due (`None`: nothing to save).
     due: Option<Instant>,
+    /// No save begins before this (the [`SAVE_SHARE`] budget).
+    not_before: Option<Instant>,
     retry: Duration,
 }
 
@@ -36,6 +47,7 @@ impl SaveSchedule {
             last_saved: now,
             began: None,
             due: None,
+            not_before: None,
             retry: Duration::ZERO,
         }
     }
@@ -53,14 +65,17 @@ impl SaveSchedule {
         }
     }
 
-    /// When a save is due, if one is.
+    /// When a save is due, if one is (never before the budget allows).
     pub fn due(&self) -> Option<Instant> {
-        self.due
+        self.due.map(|due| {
+            self.not_before
+                .map_or(due, |not_before| due.max(not_before))
+        })
     }
 
     /// Whether a save is due now.
     pub fn is_due(&self, now: Instant) -> bool {
-        self.due.is_some_and(|due| now >= due)
+        self.due().is_some_and(|due| now >= due)
     }
 
     /// A save begins (it copies the state as of now): what was due is in it; a
@@ -75,6 +90,10 @@ impl SaveSchedule {
     pub fn saved(&mut self, now: Instant, ok: bool) {
         let began = self.began.take().unwrap_or(now);
         if ok {
+            // (A failed save waits for its back-off instead: a disk that hung on
+            // it is not a measure of the next.)
+            let took = now.saturating_duration_since(began);
+            self.not_before = Some(now + took * (SAVE_SHARE - 1));
             self.last_saved = began;
             if self.due.is_some_and(|due| due <= began) {
                 self.due = None;
@@ -91,6 +110,31 @@ impl SaveSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_save_spaces_out_the_next() {
+        let start = Instant::now();
+        let mut schedule = SaveSchedule::new(start);
+        schedule.changed(start);
+        let first = start + COALESCE;
+        assert!(schedule.is_due(first));
+        schedule.begin(first);
+        // A change while it runs; the save took 1.5 s.
+        schedule.changed(first + Duration::from_millis(500));
+        let ended = first + Duration::from_millis(1500);
+        schedule.saved(ended, true);
+        // Due by COALESCE at first + 2.5 s, but the budget says 9 x 1.5 s after it ended.
+        let budget = ended + Duration::from_millis(1500) * (SAVE_SHARE - 1);
+        assert_eq!(schedule.due(), Some(budget));
+        assert!(!schedule.is_due(first + COALESCE + Duration::from_secs(1)));
+        assert!(schedule.is_due(budget));
+        // A quick save leaves COALESCE the longer wait.
+        schedule.begin(budget);
+        schedule.saved(budget + Duration::from_millis(10), true);
+        let now = budget + Duration::from_millis(10);
+        schedule.changed(now);
+        assert_eq!(schedule.due(), Some(now + COALESCE));
+    }
 
     #[test]
     fn a_burst_of_changes_is_one_write() {
@@ -143,12 +187,13 @@ mod tests {
         assert!(schedule.is_due(began));
         schedule.begin(began);
         assert_eq!(schedule.due(), None, "what was due is in the save");
-        // A change after the copy began, while the write runs.
-        schedule.changed(began + Duration::from_millis(300));
-        schedule.saved(began + Duration::from_millis(500), true);
+        // A change after the copy began, while the write runs (a quick save: its
+        // budget ends before the change's COALESCE).
+        schedule.changed(began + Duration::from_millis(100));
+        schedule.saved(began + Duration::from_millis(200), true);
         assert_eq!(
             schedule.due(),
-            Some(began + Duration::from_millis(300) + COALESCE),
+            Some(began + Duration::from_millis(100) + COALESCE),
             "the change the save does not hold is still to be written"
         );
         // Nothing changed during the next one: nothing is due after it.

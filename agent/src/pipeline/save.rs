@@ -153,6 +153,7 @@ impl StateSaver {
         let writer = std::thread::Builder::new()
             .name("wgpulse-state".into())
             .spawn(move || {
+                crate::background::lower_this_thread("the state writer");
                 for job in incoming {
                     if let Some(outcome) = writer.on(job) {
                         if outcomes.send(outcome).is_err() {
