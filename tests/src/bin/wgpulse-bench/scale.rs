@@ -313,6 +313,14 @@ fn measure(peers: usize, rounds: usize, scrapes: usize) -> Figures {
     assert_eq!(done.len(), rounds, "one completed handshake per round");
     assert_eq!(arrivals.len(), rounds, "one connect per round");
     let latencies = latencies_ms(&done, &arrivals);
+    println!(
+        "scale {peers}: connect latencies by round (ms): {}",
+        latencies
+            .iter()
+            .map(|ms| format!("{ms:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let rss = rss_mib(agent.child.id());
     agent.kill();
     drop(extra);
