@@ -368,12 +368,11 @@ impl PeerTable {
     }
 
     /// The keys of one device's peers, in order (a range of the table, not a scan).
-    fn device_keys<'a>(&'a self, device: &str) -> impl Iterator<Item = &'a PeerKey> + 'a {
+    fn device_keys<'a>(&'a self, device: &'a str) -> impl Iterator<Item = &'a PeerKey> + 'a {
         let first = PeerKey {
             device: device.to_owned(),
             public_key: PublicKey([0; 32]),
         };
-        let device = first.device.clone();
         self.peers
             .range(first..)
             .map(|(key, _)| key)
