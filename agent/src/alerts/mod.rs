@@ -4,7 +4,7 @@
 //! alert has a stable type, a severity and its evidence, and is suppressed for
 //! `suppress_for` per type and subject after it fires.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::events::payload::time;
 use crate::peers::WireSample;
 use crate::wg::PublicKey;
+use window::Window;
 
 /// Most peers named in a `socket_drops` alert's `DropsByPeer` (those with the most
 /// drops); the others are summed in `OtherPeers`.
@@ -205,36 +206,15 @@ pub(super) struct Unanswered {
     initiations: u64,
 }
 
-/// Counts over a sliding window.
-#[derive(Debug, Default)]
-pub(super) struct Window {
-    entries: VecDeque<(SystemTime, u64)>,
-}
-
-impl Window {
-    pub(super) fn add(&mut self, at: SystemTime, count: u64, width: Duration) -> u64 {
-        if count > 0 {
-            self.entries.push_back((at, count));
-        }
-        while self
-            .entries
-            .front()
-            .is_some_and(|(t, _)| at.duration_since(*t).unwrap_or_default() >= width)
-        {
-            self.entries.pop_front();
-        }
-        self.entries.iter().map(|(_, c)| c).sum()
-    }
-}
-
 /// Evaluates the alert rules drain by drain.
 #[derive(Debug)]
 pub struct AlertEngine {
     config: AlertsConfig,
     unanswered: HashMap<(String, SocketAddr, Direction), Unanswered>,
     windows: HashMap<(AlertType, String), Window>,
-    /// Each peer's path-loss window, by device and public key.
-    path_windows: HashMap<String, HashMap<PublicKey, path_health::PathWindow>>,
+    /// Each peer's path-loss window (lost, received), by device and public key: one
+    /// entry per peer, no formatted keys per drain.
+    path_windows: HashMap<String, HashMap<PublicKey, Window<(u64, u64)>>>,
     /// When quiet peers' path windows were last dropped.
     paths_pruned_at: Option<SystemTime>,
     suppressed_until: HashMap<(AlertType, String), SystemTime>,
@@ -271,7 +251,7 @@ impl AlertEngine {
         alerts.extend(self.invalid_floods(&invalid, now));
         alerts.extend(self.cookie_storms(&cookies, now));
         alerts.extend(self.socket_drops(&drops, now));
-        self.windows.retain(|_, w| !w.entries.is_empty());
+        self.windows.retain(|_, w| !w.is_empty());
         alerts
     }
 
@@ -288,7 +268,7 @@ impl AlertEngine {
         }
     }
 
-    pub(super) fn window(&mut self, kind: AlertType, subject: &str) -> &mut Window {
+    fn window(&mut self, kind: AlertType, subject: &str) -> &mut Window {
         self.windows.entry((kind, subject.to_owned())).or_default()
     }
 
@@ -329,6 +309,7 @@ mod handshake_unanswered;
 mod invalid_flood;
 mod path_health;
 mod socket_drops;
+mod window;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 //! were numbered in the window (three lost keepalives page nobody). `path_latency`
 //! (warning): a handshake round trip above `path_latency_above` (off unless set).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
@@ -52,7 +52,7 @@ impl AlertEngine {
                 .expect("inserted above")
                 .entry(peer)
                 .or_default()
-                .add(now, lost, received, width);
+                .add(now, (lost, received), width);
             let numbered = lost_total + received_total;
             if lost == 0 || numbered < self.config.path_loss_min_packets || numbered == 0 {
                 continue;
@@ -115,40 +115,6 @@ impl AlertEngine {
     }
 }
 
-/// One peer's lost and received data messages over the sliding window, one entry
-/// per drain that moved them (one map entry per peer, keyed by its public key: no
-/// formatted keys per drain).
-#[derive(Debug, Default)]
-pub(super) struct PathWindow {
-    entries: VecDeque<(SystemTime, u64, u64)>,
-}
-
-impl PathWindow {
-    /// Adds a drain's counts at `at`, forgets those `width` or more before it and
-    /// returns the window's totals (lost, received).
-    fn add(&mut self, at: SystemTime, lost: u64, received: u64, width: Duration) -> (u64, u64) {
-        if lost > 0 || received > 0 {
-            self.entries.push_back((at, lost, received));
-        }
-        self.expire(at, width);
-        self.entries
-            .iter()
-            .fold((0, 0), |(l, r), (_, lost, received)| {
-                (l + lost, r + received)
-            })
-    }
-
-    fn expire(&mut self, now: SystemTime, width: Duration) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|(t, ..)| now.duration_since(*t).unwrap_or_default() >= width)
-        {
-            self.entries.pop_front();
-        }
-    }
-}
-
 impl AlertEngine {
     /// Drops the windows of peers whose traffic left the window (a peer that went
     /// quiet kept its window for ever): at most once per window width, so a drain
@@ -165,7 +131,7 @@ impl AlertEngine {
         for windows in self.path_windows.values_mut() {
             windows.retain(|_, window| {
                 window.expire(now, width);
-                !window.entries.is_empty()
+                !window.is_empty()
             });
         }
         self.path_windows.retain(|_, windows| !windows.is_empty());

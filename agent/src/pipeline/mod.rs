@@ -22,6 +22,7 @@ pub mod read_through;
 mod refresh;
 mod run;
 mod save;
+mod state_writer;
 use std::time::{Duration, Instant};
 
 use crate::alerts::AlertEngine;

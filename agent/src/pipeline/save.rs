@@ -1,10 +1,11 @@
 //! The state save, kept off the pipeline's path: the pipeline copies the peer table
 //! in slices of [`SLICE`] peers between its messages (a session notice waits for one
 //! slice, never for a copy of the whole table) and hands each slice to the writer
-//! thread, which appends it to the temporary file at once (no copy of the whole
-//! table is held anywhere: see [`StateStream`]). After the last slice the writer
-//! waits until the events of every change in the state are stored durably and only
-//! then puts the file in force (fsync, rename).
+//! thread ([`super::state_writer`]), which appends it to the temporary file at once
+//! (no copy of the whole table is held anywhere: see
+//! [`StateStream`](crate::peers::state_stream::StateStream)). After the last slice
+//! the writer waits until the events of every change in the state are stored durably
+//! and only then puts the file in force (fsync, rename).
 //!
 //! The crash guarantee: each slice is taken on the pipeline thread after the events
 //! of every change applied so far were sent, and the writer waits, after the last
@@ -19,11 +20,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::state_writer::{self, Job, SaveOutcome};
 use super::{Pipeline, STORE_TIMEOUT};
 use crate::events::StoredWaiter;
-use crate::peers::persist::{PersistError, SavedState, StateFile};
-use crate::peers::state_stream::StateStream;
-use crate::peers::{DeviceState, PeerKey, PeerState, PeerTable};
+use crate::peers::persist::{SavedState, StateFile};
+use crate::peers::{PeerKey, PeerTable};
 
 /// Peers copied per slice: about 2 ms of the pipeline's time in a release build.
 pub(super) const SLICE: usize = 2048;
@@ -31,31 +32,6 @@ pub(super) const SLICE: usize = 2048;
 /// How long stopping waits for the writer beyond [`STORE_TIMEOUT`] (a disk that
 /// hangs must not hang the agent's exit for ever).
 const STOP_GRACE: Duration = Duration::from_secs(30);
-
-/// What one save came to.
-#[derive(Debug)]
-pub(super) enum SaveOutcome {
-    /// The file holds the state.
-    Saved,
-    /// The events of the state were not stored durably within [`STORE_TIMEOUT`]: not
-    /// written, tried again later.
-    NotStored,
-    /// Writing failed (the old file stays).
-    Failed(PersistError),
-}
-
-/// What the pipeline sends the writer. A save is `Begin`, any number of `Peers`,
-/// then `End`; `Whole` (at stop) abandons a save still being streamed.
-enum Job {
-    /// A new state file stamped with this time.
-    Begin(SystemTime),
-    /// The next slice of its peers.
-    Peers(Vec<PeerState>),
-    /// Its devices: the state is complete.
-    End(Vec<DeviceState>),
-    /// A whole state, written at once.
-    Whole(SavedState),
-}
 
 /// A copy in progress: the last peer copied (`None`: none yet).
 struct Copy {
@@ -72,96 +48,11 @@ pub(super) struct StateSaver {
     writer: Option<JoinHandle<()>>,
 }
 
-/// The writer thread's side: the stream being written and the error that ended it
-/// early, if one did (reported at its `End`).
-struct Writer {
-    file: StateFile,
-    stored: StoredWaiter,
-    stream: Option<Result<StateStream, PersistError>>,
-}
-
-impl Writer {
-    /// Handles one job; returns the outcome of a completed state.
-    fn on(&mut self, job: Job) -> Option<SaveOutcome> {
-        match job {
-            Job::Begin(saved_at) => {
-                self.stream = Some(StateStream::begin(&self.file, saved_at));
-                None
-            }
-            Job::Peers(peers) => {
-                if let Some(Ok(stream)) = &mut self.stream {
-                    if let Err(err) = stream.write_peers(&peers) {
-                        self.stream = Some(Err(err));
-                    }
-                }
-                // Freed here, not on the pipeline thread.
-                drop(peers);
-                None
-            }
-            Job::End(devices) => {
-                // (Never without a Begin; reported rather than left unanswered.)
-                let Some(stream) = self.stream.take() else {
-                    return Some(SaveOutcome::NotStored);
-                };
-                Some(
-                    match stream.and_then(|mut s| s.finish(&devices).map(|()| s)) {
-                        Err(err) => SaveOutcome::Failed(err),
-                        Ok(stream) if self.events_stored() => match stream.commit() {
-                            Ok(()) => SaveOutcome::Saved,
-                            Err(err) => SaveOutcome::Failed(err),
-                        },
-                        // Dropped: the temporary goes, the old file stays.
-                        Ok(_) => SaveOutcome::NotStored,
-                    },
-                )
-            }
-            Job::Whole(state) => {
-                self.stream = None;
-                Some(if !self.events_stored() {
-                    SaveOutcome::NotStored
-                } else {
-                    match self.file.save(&state) {
-                        Ok(()) => SaveOutcome::Saved,
-                        Err(err) => SaveOutcome::Failed(err),
-                    }
-                })
-            }
-        }
-    }
-
-    /// Waits until every event sent so far is stored durably (at most
-    /// [`STORE_TIMEOUT`]).
-    fn events_stored(&self) -> bool {
-        self.stored.wait_stored(STORE_TIMEOUT) && self.stored.all_durable()
-    }
-}
-
 impl StateSaver {
     /// Starts the writer thread "wgpulse-state", which writes `file` once `stored`
     /// says the events of each state are stored.
     pub(super) fn start(file: StateFile, stored: StoredWaiter) -> std::io::Result<Self> {
-        // Unbounded: a slice is never held up on the pipeline thread. A writer slower
-        // than the copy holds at most the slices of one state (the pipeline begins no
-        // other until this one's outcome is in).
-        let (jobs, incoming) = crossbeam_channel::unbounded::<Job>();
-        let (outcomes, results) = crossbeam_channel::bounded(1);
-        let mut writer = Writer {
-            file,
-            stored,
-            stream: None,
-        };
-        let writer = std::thread::Builder::new()
-            .name("wgpulse-state".into())
-            .spawn(move || {
-                crate::background::lower_this_thread("the state writer");
-                for job in incoming {
-                    if let Some(outcome) = writer.on(job) {
-                        if outcomes.send(outcome).is_err() {
-                            break;
-                        }
-                    }
-                }
-            })?;
+        let (jobs, results, writer) = state_writer::spawn(file, stored)?;
         Ok(Self {
             copy: None,
             writing: false,
