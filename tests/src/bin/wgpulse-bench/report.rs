@@ -67,6 +67,13 @@ impl Row {
         self.met = Some(met);
         self
     }
+
+    /// With a target the run cannot judge (`met` stays `None`; `target` says why).
+    pub fn undecided(mut self, target: &str) -> Self {
+        self.target = Some(target.into());
+        self.met = None;
+        self
+    }
 }
 
 /// A series of points for a plot.
@@ -137,7 +144,7 @@ impl Part {
             let target = match (&row.target, row.met) {
                 (Some(t), Some(true)) => format!("{t}: met"),
                 (Some(t), Some(false)) => format!("{t}: NOT met"),
-                (Some(t), None) => format!("{t}: not judged (--quick)"),
+                (Some(t), None) => format!("{t}: not judged"),
                 _ => String::new(),
             };
             println!(
@@ -272,7 +279,7 @@ pub fn assemble(machine: &str) {
             let target = match (&row.target, row.met) {
                 (Some(t), Some(true)) => format!("{t}: met"),
                 (Some(t), Some(false)) => format!("{t}: **not met**"),
-                (Some(t), None) => format!("{t}: not judged (quick run)"),
+                (Some(t), None) => format!("{t}: not judged"),
                 _ => String::new(),
             };
             md.push_str(&format!(
