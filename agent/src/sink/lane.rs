@@ -71,22 +71,19 @@ pub(super) async fn run(inner: Arc<Inner>, t: usize, lane: usize) {
         }
         let started = Instant::now();
         let attempted = target.transport.send(&loaded, SystemTime::now()).await;
-        record(&inner, target, &attempted, batch.len(), started.elapsed());
+        let (events, took) = (batch.len(), started.elapsed());
         let batch = settle_parts(&inner, target, lane, batch, &attempted).await;
-        if batch.is_empty() {
+        let next = if batch.is_empty() {
             attempt = 0;
-            continue;
-        }
-        match settle(
-            &inner,
-            target,
-            lane,
-            &batch,
-            attempted.outcome,
-            &mut attempt,
-        )
-        .await
-        {
+            Next::Continue
+        } else {
+            let outcome = attempted.outcome.clone();
+            settle(&inner, target, lane, &batch, outcome, &mut attempt).await
+        };
+        // Counted once settled: a status never shows an event both delivered and
+        // still queued.
+        record(&inner, target, &attempted, events, took);
+        match next {
             Next::Continue => {}
             Next::RetryAfter(wait) => {
                 if !pause(&mut stop, wait).await {

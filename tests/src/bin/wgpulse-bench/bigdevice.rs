@@ -132,6 +132,12 @@ pub fn rss_mib(pid: u32) -> f64 {
     status_mib(pid, "VmRSS")
 }
 
+/// What the resident set of `pid` is, in MiB: the heap and stacks (`RssAnon`), the
+/// binary, libraries and mapped BPF maps (`RssFile`), shared memory (`RssShmem`).
+pub fn rss_parts(pid: u32) -> [(&'static str, f64); 3] {
+    ["RssAnon", "RssFile", "RssShmem"].map(|field| (field, status_mib(pid, field)))
+}
+
 /// A memory figure of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`,
 /// `RssShmem`) in MiB.
 pub fn status_mib(pid: u32, field: &str) -> f64 {

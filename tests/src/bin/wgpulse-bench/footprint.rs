@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bigdevice::{cpu_seconds, rss_mib, status_mib, BigDevice};
+use crate::bigdevice::{cpu_seconds, rss_mib, rss_parts, BigDevice};
 use crate::report::{Part, Row};
 
 /// CPU percent of one core over `window` while `during` runs (or idles).
@@ -29,12 +29,7 @@ pub fn run(quick: bool) -> Part {
     std::thread::sleep(Duration::from_secs(2));
     let idle = cpu_percent(pid, window, || {});
     let idle_rss = rss_mib(pid);
-    // What the resident set is: the heap and stacks (anonymous), the binary and
-    // libraries (file), and the shared mappings of BPF maps and ring buffers (shmem).
-    let parts: Vec<(&str, f64)> = ["RssAnon", "RssFile", "RssShmem"]
-        .into_iter()
-        .map(|field| (field, status_mib(pid, field)))
-        .collect();
+    let parts = rss_parts(pid);
     let mut part = Part::new(
         "footprint",
         "Footprint",

@@ -22,7 +22,7 @@ use wgpulse_tests::receiver::Receiver;
 use wgpulse_tests::traffic;
 use wgpulse_tests::wireguard::{Underlay, WgDevice, WgKeys, WgPair};
 
-use crate::bigdevice::{rss_mib, status_mib, AGENT};
+use crate::bigdevice::{rss_mib, rss_parts, AGENT};
 use crate::connect::{completions, connects, latencies_ms};
 use crate::report::{median, percentile, Part, Row};
 
@@ -48,7 +48,7 @@ struct Figures {
     scrape_ms: f64,
     rss: f64,
     /// `RssAnon`, `RssFile` and `RssShmem` (MiB): the heap, and mapped files or maps.
-    rss_split: (f64, f64, f64),
+    rss_parts: [(&'static str, f64); 3],
     connect_p50: f64,
     connect_p99: f64,
 }
@@ -324,12 +324,7 @@ fn measure(peers: usize, rounds: usize, scrapes: usize) -> Figures {
             .join(" ")
     );
     let rss = rss_mib(agent.child.id());
-    let pid = agent.child.id();
-    let rss_split = (
-        status_mib(pid, "RssAnon"),
-        status_mib(pid, "RssFile"),
-        status_mib(pid, "RssShmem"),
-    );
+    let rss_parts = rss_parts(agent.child.id());
     agent.kill();
     drop(extra);
     Figures {
@@ -339,7 +334,7 @@ fn measure(peers: usize, rounds: usize, scrapes: usize) -> Figures {
         drain_ms: median(drains),
         scrape_ms,
         rss,
-        rss_split,
+        rss_parts,
         connect_p50: percentile(latencies.clone(), 50.0),
         connect_p99: percentile(latencies, 99.0),
     }
@@ -373,7 +368,7 @@ pub fn run(quick: bool) -> Part {
         let f = measure(n, rounds, scrapes);
         println!(
             "scale {n}: {} creates in {:.0} ms, device read {:.1} ms, drain {:.2} ms, /metrics {:.1} ms, RSS {:.1} MiB (anon {:.1}, file {:.1}, shmem {:.1}), connect p50 {:.1} / p99 {:.1} ms",
-            f.creates, f.creates_ms, f.device_read_ms, f.drain_ms, f.scrape_ms, f.rss, f.rss_split.0, f.rss_split.1, f.rss_split.2, f.connect_p50, f.connect_p99
+            f.creates, f.creates_ms, f.device_read_ms, f.drain_ms, f.scrape_ms, f.rss, f.rss_parts[0].1, f.rss_parts[1].1, f.rss_parts[2].1, f.connect_p50, f.connect_p99
         );
         let big = n >= 100_000;
         let ratio = |row: Row, value: f64, of: Option<f64>| match of {
@@ -439,8 +434,8 @@ pub fn run(quick: bool) -> Part {
         // binary and the path array the datapath shares, 128 B a slot, two slots a
         // peer); the kernel holds the array's memory whether it is mapped or not.
         for (what, mib) in [
-            ("anonymous (heap)", f.rss_split.0),
-            ("file-backed (binary, mapped BPF maps)", f.rss_split.1),
+            ("anonymous (heap)", f.rss_parts[0].1),
+            ("file-backed (binary, mapped BPF maps)", f.rss_parts[1].1),
         ] {
             part.rows.push(Row::new(
                 &format!("agent RSS {what}, {n} peers"),

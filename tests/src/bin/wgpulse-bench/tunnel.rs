@@ -116,7 +116,7 @@ pub fn run(quick: bool) -> Part {
     let (off, on) = (median(without), median(with));
     let half_range = spread(&ratios);
     let (lowest, highest) = range(&ratios);
-    let ratio = median(ratios.clone());
+    let ratio = median(ratios);
     let mut part = Part::new(
         "tunnel",
         "Tunnel overhead",
@@ -140,7 +140,7 @@ pub fn run(quick: bool) -> Part {
     } else {
         median_row.undecided(&format!(
             "ratio >= 0.98 (spread {:.3} not below the distance {:.3} after {pairs} pairs: not decisive)",
-            spread(&ratios),
+            half_range,
             (ratio - TARGET).abs()
         ))
     });
