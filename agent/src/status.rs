@@ -24,6 +24,9 @@ pub struct AgentStatus {
     /// Duration of the last device read (every device, netlink or UAPI, and the
     /// table update).
     pub last_device_read: Duration,
+    /// CPU time the agent spent on the last device read (its reader thread: what
+    /// the periodic-read budget charges).
+    pub last_device_read_cpu: Duration,
     /// The last device read's error, if it failed.
     pub discovery_error: Option<String>,
     /// The last attach error, if any.

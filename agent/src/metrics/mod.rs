@@ -149,6 +149,15 @@ impl Collector for AgentCollector {
                     .set(status.last_device_read.as_secs_f64());
             },
         );
+        out.gauge(
+            "wgpulse_device_read_cpu_seconds",
+            "CPU time the agent spent on the last read of the WireGuard devices (what the periodic-read budget charges).",
+            &[],
+            |vec| {
+                vec.with_label_values(&[] as &[&str])
+                    .set(status.last_device_read_cpu.as_secs_f64());
+            },
+        );
         out.counter(
             "wgpulse_drains_total",
             "Drains of the datapath maps.",

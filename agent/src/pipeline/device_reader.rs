@@ -23,8 +23,14 @@ pub struct DeviceRead {
     pub started: Instant,
     /// When it began (wall clock: what came after it is newer than the read).
     pub started_wall: SystemTime,
-    /// How long it took.
+    /// How long it took (wall clock: what the read-through rule and the
+    /// last-read gauge show).
     pub took: Duration,
+    /// The CPU time the reader thread spent on it: what the periodic-read budget
+    /// charges. Waiting for the daemon's reply or for a core on a busy host costs
+    /// none, so a small device on a loaded machine is still read every
+    /// `refresh_interval`.
+    pub cpu: Duration,
     /// The devices, or why none could be listed.
     pub result: Result<wg::Discovered, wg::DiscoveryError>,
 }
@@ -132,6 +138,7 @@ fn read(options: &DiscoveryOptions) -> DeviceRead {
 fn timed(read: impl FnOnce() -> Result<wg::Discovered, wg::DiscoveryError>) -> DeviceRead {
     let started = Instant::now();
     let started_wall = SystemTime::now();
+    let cpu_before = thread_cpu_time();
     // A panic in a read (a parser bug on a reply no one expected) is this read's
     // error, shown in /readyz; the thread and the next reads go on.
     let result =
@@ -147,8 +154,18 @@ fn timed(read: impl FnOnce() -> Result<wg::Discovered, wg::DiscoveryError>) -> D
         started,
         started_wall,
         took: started.elapsed(),
+        cpu: thread_cpu_time().saturating_sub(cpu_before),
         result,
     }
+}
+
+/// The CPU time (user and system) the calling thread has used so far; zero if the
+/// clock cannot be read (it always can on Linux: the budget then falls back to
+/// `refresh_interval`).
+fn thread_cpu_time() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -166,6 +183,28 @@ mod tests {
         }
         let read = timed(|| Ok(wg::Discovered::default()));
         assert!(read.result.is_ok());
+    }
+
+    #[test]
+    fn a_read_that_waits_costs_its_wall_time_but_no_cpu() {
+        // Waiting for the daemon's reply (or for a core) is wall-clock time only.
+        let read = timed(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(wg::Discovered::default())
+        });
+        assert!(read.took >= Duration::from_millis(50), "{:?}", read.took);
+        assert!(read.cpu < Duration::from_millis(10), "{:?}", read.cpu);
+        // Work is charged.
+        let read = timed(|| {
+            let spin = Instant::now();
+            let mut n = 0u64;
+            while spin.elapsed() < Duration::from_millis(30) {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+            Ok(wg::Discovered::default())
+        });
+        assert!(read.cpu >= Duration::from_millis(10), "{:?}", read.cpu);
+        assert!(read.cpu <= read.took + Duration::from_millis(1));
     }
 
     #[test]

@@ -21,11 +21,11 @@ impl Pipeline {
     /// Applies a completed device read: updates the port map, the attachments and
     /// the peer table, and asks for another read when a notice still waits for one.
     pub(super) fn apply_read(&mut self, read: DeviceRead) {
-        self.shared
-            .status
-            .write()
-            .expect("not poisoned")
-            .last_device_read = read.took;
+        {
+            let mut status = self.shared.status.write().expect("not poisoned");
+            status.last_device_read = read.took;
+            status.last_device_read_cpu = read.cpu;
+        }
         self.apply_devices(read.result, read.started_wall);
         self.shared.read_through.completed(read.started, read.took);
         if self.table().awaits_read() {

@@ -72,13 +72,13 @@ impl Pipeline {
                             Some("the device reader thread is gone: devices are no longer read".into());
                     }
                     if let Ok(read) = read {
-                        let took = read.took;
+                        let cpu = read.cpu;
                         // Applied first: a request it makes joins the one
                         // remembered while this read was in flight.
                         self.apply_read(read);
                         self.reader.completed();
                         next_refresh = Instant::now()
-                            + super::read_budget::periodic_gap(self.config.refresh_interval, took);
+                            + super::read_budget::periodic_gap(self.config.refresh_interval, cpu);
                         table_changed = true;
                     }
                 }

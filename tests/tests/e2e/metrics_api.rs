@@ -181,6 +181,7 @@ fn prometheus_scrapes_series_equal_to_wg_show_and_the_table() {
     for gauge in [
         "wgpulse_drain_duration_seconds",
         "wgpulse_device_read_duration_seconds",
+        "wgpulse_device_read_cpu_seconds",
     ] {
         let seconds = query(&pair, prometheus, gauge).expect(gauge);
         assert!(seconds > 0.0 && seconds < 5.0, "{gauge} = {seconds}");

@@ -180,8 +180,14 @@ fn one_server_every_event_once_in_peer_order_read_by_nats_py() {
     // A connect (with its handshake), peers added and removed, a disconnect.
     traffic::ping(&pair.a, pair.tunnel_addr_b(false), 3);
     churn(&pair, &agent, 10, 1);
+    let updates = agent.count("event=peer.update");
     let allowed = format!("{}/32,10.254.254.1/32", pair.tunnel_addr_a(false));
     pair.wg_b.set_peer(&pair.wg_a.keys.public, None, &allowed);
+    // The update (the next device read) and the disconnect (silence since the
+    // connect) come in either order.
+    wait_for("the update", Duration::from_secs(30), || {
+        agent.count("event=peer.update") > updates
+    });
     agent.await_line("event=peer_metric.disconnect", Duration::from_secs(30));
     let expected = logged(&agent.lines.lock().unwrap());
     let kinds: BTreeSet<&str> = expected.iter().map(|e| e.kind.as_str()).collect();

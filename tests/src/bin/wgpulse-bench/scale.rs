@@ -44,6 +44,7 @@ struct Figures {
     creates: usize,
     creates_ms: f64,
     device_read_ms: f64,
+    device_read_cpu_ms: f64,
     drain_ms: f64,
     scrape_ms: f64,
     rss: f64,
@@ -223,6 +224,7 @@ fn measure(peers: usize, rounds: usize, scrapes: usize) -> Figures {
     // /metrics: every peer exported; the agent's own timings beside the wall time.
     let url = format!("http://{AGENT}/metrics");
     let mut device_reads = Vec::new();
+    let mut device_read_cpus = Vec::new();
     let mut drains = Vec::new();
     wait_for(
         "a drain that counted every endpoint",
@@ -242,6 +244,7 @@ fn measure(peers: usize, rounds: usize, scrapes: usize) -> Figures {
             "every peer is exported"
         );
         device_reads.push(gauge_ms(&body, "wgpulse_device_read_duration_seconds"));
+        device_read_cpus.push(gauge_ms(&body, "wgpulse_device_read_cpu_seconds"));
         drains.push(gauge_ms(&body, "wgpulse_drain_duration_seconds"));
     }
     let (scrape_ms, _) = crate::scrape::time_scrapes(&pair.b, &url, agent.child.id(), scrapes);
@@ -331,6 +334,7 @@ fn measure(peers: usize, rounds: usize, scrapes: usize) -> Figures {
         creates: seen.creates.min(peers),
         creates_ms,
         device_read_ms: median(device_reads),
+        device_read_cpu_ms: median(device_read_cpus),
         drain_ms: median(drains),
         scrape_ms,
         rss,
@@ -367,8 +371,8 @@ pub fn run(quick: bool) -> Part {
     for &n in &sizes {
         let f = measure(n, rounds, scrapes);
         println!(
-            "scale {n}: {} creates in {:.0} ms, device read {:.1} ms, drain {:.2} ms, /metrics {:.1} ms, RSS {:.1} MiB (anon {:.1}, file {:.1}, shmem {:.1}), connect p50 {:.1} / p99 {:.1} ms",
-            f.creates, f.creates_ms, f.device_read_ms, f.drain_ms, f.scrape_ms, f.rss, f.rss_parts[0].1, f.rss_parts[1].1, f.rss_parts[2].1, f.connect_p50, f.connect_p99
+            "scale {n}: {} creates in {:.0} ms, device read {:.1} ms ({:.1} ms CPU), drain {:.2} ms, /metrics {:.1} ms, RSS {:.1} MiB (anon {:.1}, file {:.1}, shmem {:.1}), connect p50 {:.1} / p99 {:.1} ms",
+            f.creates, f.creates_ms, f.device_read_ms, f.device_read_cpu_ms, f.drain_ms, f.scrape_ms, f.rss, f.rss_parts[0].1, f.rss_parts[1].1, f.rss_parts[2].1, f.connect_p50, f.connect_p99
         );
         let big = n >= 100_000;
         let ratio = |row: Row, value: f64, of: Option<f64>| match of {
@@ -402,6 +406,15 @@ pub fn run(quick: bool) -> Part {
             ),
             f.device_read_ms,
             b.map(|b| b.device_read_ms),
+        ));
+        part.rows.push(ratio(
+            Row::new(
+                &format!("device read, the agent's CPU (its own figure), {n} peers"),
+                f.device_read_cpu_ms,
+                "ms",
+            ),
+            f.device_read_cpu_ms,
+            b.map(|b| b.device_read_cpu_ms),
         ));
         part.rows.push(ratio(
             Row::new(
